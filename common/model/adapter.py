@@ -1,0 +1,106 @@
+"""Adapter tensors in and out of a PEFT model, and the standard PEFT on-disk format.
+
+Only adapter weights ever leave a site (never the base model). On disk an adapter is the directory
+``PeftModel.from_pretrained(base, dir)`` reads: ``adapter_config.json`` and ``adapter_model.safetensors`` (no pickle,
+so loading a peer's adapter cannot execute code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from common.errors import ModelError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+AdapterState = dict[str, torch.Tensor]
+
+_ADAPTER_NAME = "default"
+
+
+def adapter_state(model: PeftModel) -> AdapterState:
+    """A detached CPU copy of every adapter tensor (LoRA A/B and the saved head), keyed as peft saves them."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)  # "auto" would look the base up online
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def trainable_keys(model: PeftModel) -> frozenset[str]:
+    """The adapter keys whose tensors training changes (under FFA-LoRA the A matrices are excluded)."""
+    keys = set()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            keys.add(name.replace(f".{_ADAPTER_NAME}.", ".").replace(".modules_to_save.", "."))
+    known = set(adapter_state_keys(model))
+    unknown = keys - known
+    if unknown:
+        raise ModelError(f"trainable parameters outside the adapter: {sorted(unknown)[:3]}")
+    return frozenset(keys)
+
+
+def adapter_state_keys(model: PeftModel) -> list[str]:
+    """The adapter's keys, in peft's order."""
+    from peft import get_peft_model_state_dict
+
+    return list(get_peft_model_state_dict(model, save_embedding_layers=False).keys())
+
+
+def load_adapter_state(model: PeftModel, state: AdapterState, *, partial: bool = False) -> None:
+    """Copy ``state`` into ``model``'s adapter after checking keys, shapes and finiteness.
+
+    ``partial=True`` accepts a subset of the keys (e.g. FFA-LoRA exchanges only B and the head); unknown keys are
+    always an error, so a tensor can never land in an unexpected place.
+    """
+    from peft import set_peft_model_state_dict
+
+    reference = adapter_state(model)
+    unknown = sorted(set(state) - set(reference))
+    missing = sorted(set(reference) - set(state))
+    if unknown:
+        raise ModelError(f"adapter has unexpected tensors: {unknown[:3]}{' ...' if len(unknown) > 3 else ''}")
+    if missing and not partial:
+        raise ModelError(f"adapter is missing tensors: {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(reference[key].shape):
+            raise ModelError(
+                f"adapter tensor {key} has shape {tuple(tensor.shape)}; expected {tuple(reference[key].shape)}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ModelError(f"adapter tensor {key} holds NaN or infinite values")
+    merged = {**reference, **{k: v.to(reference[k].dtype) for k, v in state.items()}}
+    result = set_peft_model_state_dict(model, merged)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ModelError(f"peft did not accept adapter tensors: {unexpected[:3]}")
+
+
+def save_adapter(model: PeftModel, directory: Path, *, base_model_name: str) -> Path:
+    """Write the adapter in standard PEFT format, recording ``base_model_name`` as its base model."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.peft_config[_ADAPTER_NAME]
+    previous = config.base_model_name_or_path
+    config.base_model_name_or_path = base_model_name
+    try:
+        # save_embedding_layers=False: we never adapt embeddings, and "auto" would look the base model up online.
+        model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+    finally:
+        config.base_model_name_or_path = previous
+    return directory
+
+
+def load_adapter(base: PreTrainedModel, directory: Path) -> PeftModel:
+    """Load a saved adapter onto ``base`` (exactly what a user would do with peft)."""
+    from peft import PeftModel
+
+    if not (directory / "adapter_config.json").is_file():
+        raise ModelError(f"{directory}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        return PeftModel.from_pretrained(base, str(directory))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{directory}: cannot load the adapter: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Differential-privacy accounting: mechanism events, accountants (PRV, RDP), noise calibration, the ledger."""

@@ -1,0 +1,1 @@
+"""Local training of a LoRA adapter, privately (Opacus DP-SGD) or, by explicit choice, not."""

@@ -1,0 +1,255 @@
+"""One local fine-tuning job, from data files to a saved adapter and summary (what ``fedtune train`` runs).
+
+Order matters and is part of the contract: every input (data, labels, sizes, privacy parameters, model, output
+directory) is validated and the noise level calibrated BEFORE the model is trained or anything is written, so bad
+input costs no privacy budget and leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common import __version__
+from common.data.dataset import LabeledTexts
+from common.data.readers import read_labeled_file
+from common.data.sample import sample_dataset
+from common.data.spec import DataSpec
+from common.data.split import train_eval_split
+from common.errors import ConfigError, PrivacyParameterError
+from common.fileio import atomic_write_json
+from common.model.builtin import BUILTIN_MODEL_ID
+from common.model.lora import LoraSettings
+from common.privacy.accountant import get_accountant
+from common.privacy.calibration import calibrate_noise_multiplier
+from common.privacy.events import DpSgdEvent
+from common.training.batches import StepPlan, plan_steps
+from common.training.config import PrivacySettings, TrainConfig
+from common.training.evaluation import EvalMetrics
+from common.training.progress import ProgressCallback
+from common.training.trainer import DpSgdParams, TrainOutcome
+
+ADAPTER_SUBDIR = "adapter"
+SUMMARY_FILE = "summary.json"
+
+
+class TrainJob(BaseModel):
+    """Everything ``fedtune train`` needs, validated once at the edge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = BUILTIN_MODEL_ID
+    data: DataSpec = DataSpec()
+    lora: LoraSettings = LoraSettings()
+    training: TrainConfig = TrainConfig()
+    privacy: PrivacySettings = PrivacySettings(target_epsilon=8.0)
+    eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Training and evaluation sets, and the fingerprint of the whole source the training set came from."""
+
+    train: LabeledTexts
+    eval: LabeledTexts
+    source_fingerprint: str
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The concrete privacy of a job, fixed before training: sigma, q, steps, clip, delta (None when non-private)."""
+
+    steps: StepPlan
+    dp: DpSgdParams | None
+    delta: float | None
+    accountant: str
+    planned_epsilon: float | None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished job reports."""
+
+    out_dir: Path
+    plan: PrivacyPlan
+    outcome: TrainOutcome
+    metrics: EvalMetrics
+    epsilon: float | None
+    summary: dict[str, Any]
+
+
+def prepare_data(job: TrainJob, train_path: Path | None, eval_path: Path | None) -> PreparedData:
+    """Read and validate the data (the built-in sample when ``train_path`` is None); split off eval if needed.
+
+    The source fingerprint covers the whole training *file*, not the train split: privacy is charged to the data a
+    site owns, so a different split seed can never look like a fresh dataset.
+    """
+    source = read_labeled_file(train_path, job.data) if train_path is not None else sample_dataset()
+    if eval_path is not None:
+        evaluation = read_labeled_file(eval_path, job.data, label_names=source.label_names)
+        return PreparedData(train=source, eval=evaluation, source_fingerprint=source.fingerprint)
+    train, evaluation = train_eval_split(source, eval_fraction=job.eval_fraction, seed=job.split_seed)
+    return PreparedData(train=train, eval=evaluation, source_fingerprint=source.fingerprint)
+
+
+def plan_privacy(job: TrainJob, num_examples: int, source: str) -> PrivacyPlan:
+    """Steps, sample rate and (calibrated) noise for training on ``num_examples`` examples."""
+    steps = plan_steps(
+        num_examples=num_examples,
+        batch_size=job.training.batch_size,
+        epochs=job.training.epochs,
+        source=source,
+    )
+    privacy = job.privacy
+    if not privacy.enabled:
+        return PrivacyPlan(steps=steps, dp=None, delta=None, accountant=privacy.accountant, planned_epsilon=None)
+    if privacy.delta >= 1.0 / num_examples:
+        raise PrivacyParameterError(
+            f"delta {privacy.delta:g} is not below 1/N = {1.0 / num_examples:.3g} for N = {num_examples} "
+            "training examples: such a delta permits releasing a whole record; choose a smaller --delta"
+        )
+    accountant = get_accountant(privacy.accountant)
+    sigma = privacy.noise_multiplier
+    if sigma is None:
+        assert privacy.target_epsilon is not None  # guaranteed by PrivacySettings' validator
+        sigma = calibrate_noise_multiplier(
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            sample_rate=steps.sample_rate,
+            steps=steps.steps,
+            max_grad_norm=privacy.max_grad_norm,
+            accountant=accountant,
+        )
+    dp = DpSgdParams(noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm)
+    planned = DpSgdEvent(
+        noise_multiplier=sigma,
+        sample_rate=steps.sample_rate,
+        steps=steps.steps,
+        max_grad_norm=privacy.max_grad_norm,
+    )
+    epsilon = accountant.epsilon([planned], delta=privacy.delta)
+    return PrivacyPlan(steps=steps, dp=dp, delta=privacy.delta, accountant=accountant.name, planned_epsilon=epsilon)
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse to overwrite earlier results: the output directory must be new or empty."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir}: output directory exists and is not empty; choose a new --out")
+
+
+def run_train_job(
+    job: TrainJob,
+    *,
+    train_path: Path | None,
+    eval_path: Path | None,
+    out_dir: Path,
+    progress: ProgressCallback | None = None,
+    on_plan: Callable[[PreparedData, PrivacyPlan], None] | None = None,
+) -> JobResult:
+    """Validate, plan, train, evaluate and write ``out_dir/adapter`` plus ``out_dir/summary.json``.
+
+    ``on_plan(prepared, plan)`` is called once everything is validated and before training starts (the CLI uses it
+    to show what is about to happen).
+    """
+    import torch
+
+    from common.model.adapter import save_adapter
+    from common.model.loading import load_base_classifier, load_tokenizer, resolve_base_model
+    from common.model.lora import apply_lora, trainable_parameter_count
+    from common.training.batches import TokenizedTexts
+    from common.training.device import resolve_device
+    from common.training.evaluation import evaluate
+    from common.training.trainer import train_adapter
+
+    check_output_dir(out_dir)
+    prepared = prepare_data(job, train_path, eval_path)
+    plan = plan_privacy(job, len(prepared.train), prepared.train.source)
+    device = resolve_device(job.training.device)
+    ref = resolve_base_model(job.model)
+    tokenizer = load_tokenizer(ref)
+    if job.training.seed is not None:
+        torch.manual_seed(job.training.seed)  # head and LoRA initialisation
+    model = apply_lora(load_base_classifier(ref, prepared.train.label_names), job.lora)
+    train_data = TokenizedTexts(prepared.train, tokenizer, max_length=job.training.max_length)
+    eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=job.training.max_length)
+    if on_plan is not None:
+        on_plan(prepared, plan)
+
+    outcome = train_adapter(
+        model, train_data, config=job.training, plan=plan.steps, dp=plan.dp, device=device, progress=progress
+    )
+    metrics = evaluate(model, eval_data, batch_size=job.training.eval_batch_size, device=device)
+    epsilon = (
+        get_accountant(plan.accountant).epsilon([outcome.event], delta=plan.delta)
+        if outcome.event is not None and plan.delta is not None
+        else None
+    )
+    summary = _summary(job, prepared, plan, outcome, metrics, epsilon, ref.name, trainable_parameter_count(model))
+    save_adapter(model, out_dir / ADAPTER_SUBDIR, base_model_name=ref.name)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    return JobResult(out_dir=out_dir, plan=plan, outcome=outcome, metrics=metrics, epsilon=epsilon, summary=summary)
+
+
+def _dataset_entry(dataset: LabeledTexts) -> dict[str, Any]:
+    return {
+        "source": dataset.source,
+        "examples": len(dataset),
+        "label_counts": dataset.label_counts(),
+        "fingerprint": dataset.fingerprint,
+    }
+
+
+def _summary(
+    job: TrainJob,
+    prepared: PreparedData,
+    plan: PrivacyPlan,
+    outcome: TrainOutcome,
+    metrics: EvalMetrics,
+    epsilon: float | None,
+    base_model: str,
+    trainable: int,
+) -> dict[str, Any]:
+    event = outcome.event
+    return {
+        "fedtune_version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "base_model": base_model,
+        "adapter_dir": ADAPTER_SUBDIR,
+        "labels": list(prepared.train.label_names),
+        "data": {
+            "source_fingerprint": prepared.source_fingerprint,
+            "train": _dataset_entry(prepared.train),
+            "eval": _dataset_entry(prepared.eval),
+        },
+        "privacy": {
+            "differentially_private": event is not None,
+            "accountant": plan.accountant if event is not None else None,
+            "epsilon": epsilon,
+            "delta": plan.delta,
+            "target_epsilon": job.privacy.target_epsilon if event is not None else None,
+            "noise_multiplier": event.noise_multiplier if event else None,
+            "sample_rate": event.sample_rate if event else None,
+            "steps": event.steps if event else None,
+            "max_grad_norm": event.max_grad_norm if event else None,
+            "events": [event.model_dump()] if event else [],
+            "note": "evaluation metrics are computed on held-out data and are not differentially private",
+        },
+        "training": {
+            **job.training.model_dump(),
+            "steps": outcome.steps,
+            "examples_seen": outcome.examples_seen,
+            "empty_batches": outcome.empty_batches,
+            "seconds": round(outcome.seconds, 3),
+            "final_train_loss": outcome.final_loss,
+        },
+        "lora": job.lora.model_dump(),
+        "trainable_parameters": trainable,
+        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.to_dict().items()},
+    }

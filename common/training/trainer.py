@@ -1,0 +1,240 @@
+"""Train a LoRA adapter locally with DP-SGD (Abadi et al., CCS 2016) through Opacus, or without privacy.
+
+DP-SGD step, as implemented by Opacus's ``GradSampleModule`` (per-example gradients from hooks) and
+``DPOptimizer``: sample a logical batch by Poisson sampling at rate q, clip each example's gradient to norm C, sum,
+add Gaussian noise of standard deviation ``sigma * C``, divide by the *expected* batch size ``q * N``, and apply the
+base optimizer. Logical batches are split into bounded physical chunks whose clipped sums accumulate before the one
+noisy step. An empty Poisson batch still performs a (noise-only) step, exactly as the analysis counts it.
+
+Invariants:
+* every planned step is taken, whatever the batch sizes drawn, so the returned event (sigma, q, steps) is exactly
+  what the accountant must charge;
+* only adapter parameters are trainable; the returned adapter is a detached CPU copy;
+* Opacus hooks are removed before returning, so the model can be trained again (e.g. the next round).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from common.errors import ModelError, PrivacyParameterError
+from common.model.adapter import AdapterState, adapter_state
+from common.privacy.events import DpSgdEvent
+from common.training.batches import (
+    StepPlan,
+    TokenizedTexts,
+    physical_chunks,
+    poisson_batches,
+    shuffled_batches,
+)
+from common.training.config import TrainConfig
+from common.training.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+
+@dataclass(frozen=True)
+class DpSgdParams:
+    """The concrete mechanism of one training job: noise multiplier sigma and per-example clip norm C."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise PrivacyParameterError(f"noise multiplier must be finite and >= 0; got {self.noise_multiplier}")
+        if not self.max_grad_norm > 0:
+            raise PrivacyParameterError(f"max grad norm must be > 0; got {self.max_grad_norm}")
+
+
+@dataclass
+class TrainOutcome:
+    """What a training job produced: the adapter, what privacy it consumed (``event``), and its statistics."""
+
+    adapter: AdapterState
+    event: DpSgdEvent | None
+    steps: int
+    examples_seen: int
+    empty_batches: int
+    seconds: float
+    step_losses: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float | None:
+        """Mean training loss over the last 10% of non-empty steps (a smoothed end-of-training loss)."""
+        if not self.step_losses:
+            return None
+        tail = self.step_losses[-max(1, len(self.step_losses) // 10) :]
+        return sum(tail) / len(tail)
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A torch generator on ``device``, seeded from ``seed`` or, when None, from the OS entropy pool."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+    return generator
+
+
+def train_adapter(
+    model: PeftModel,
+    data: TokenizedTexts,
+    *,
+    config: TrainConfig,
+    plan: StepPlan,
+    dp: DpSgdParams | None,
+    device: torch.device,
+    progress: ProgressCallback | None = None,
+) -> TrainOutcome:
+    """Run ``plan.steps`` optimiser steps on ``data`` and return the trained adapter.
+
+    ``dp=None`` trains without privacy (fixed-size shuffled batches); otherwise DP-SGD with Poisson sampling at
+    ``plan.sample_rate`` and the given sigma and clip. Privacy parameters are keyword-only by design.
+    """
+    if len(data) != plan.num_examples:
+        raise ValueError(f"plan is for {plan.num_examples} examples but the data has {len(data)}")
+    if config.seed is not None:
+        torch.manual_seed(config.seed)  # dropout
+    sampling_rng = make_generator(config.seed, torch.device("cpu"))
+    model.to(device)
+    model.train()  # Opacus records activations only in train mode; from_pretrained returns eval mode.
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ModelError("the model has no trainable parameters")
+    optimizer = _base_optimizer(params, config)
+    loss_fn = torch.nn.CrossEntropyLoss(reduction="mean")
+
+    batches: Iterator[list[int]]
+    if dp is None:
+        forward_model: torch.nn.Module = model
+        batches = shuffled_batches(
+            num_examples=plan.num_examples, batch_size=plan.batch_size, steps=plan.steps, generator=sampling_rng
+        )
+        dp_optimizer = None
+    else:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+        from opacus.validators import ModuleValidator
+
+        errors = ModuleValidator.validate(model, strict=False)
+        if errors:
+            raise ModelError(f"the model cannot be trained with Opacus: {errors[0]}")
+        # "hooks" mode clips through any loss; "ghost" mode would silently skip clipping with model(labels=...).loss.
+        forward_model = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=False)
+        dp_optimizer = DPOptimizer(
+            optimizer,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=plan.batch_size,
+            loss_reduction="mean",
+            generator=make_generator(None if config.seed is None else config.seed + 1, device),
+        )
+        optimizer = dp_optimizer
+        batches = poisson_batches(
+            num_examples=plan.num_examples, sample_rate=plan.sample_rate, steps=plan.steps, generator=sampling_rng
+        )
+
+    started = time.perf_counter()
+    outcome = TrainOutcome(adapter={}, event=None, steps=0, examples_seen=0, empty_batches=0, seconds=0.0)
+    try:
+        with warnings.catch_warnings():
+            # Opacus's full backward hooks make torch note that token ids (integer inputs) need no gradient.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+            for logical in batches:
+                loss = _logical_step(
+                    forward_model,
+                    data,
+                    logical,
+                    optimizer,
+                    dp_optimizer,
+                    loss_fn,
+                    device,
+                    config.physical_batch_size,
+                )
+                outcome.steps += 1
+                outcome.examples_seen += len(logical)
+                if loss is None:
+                    outcome.empty_batches += 1
+                else:
+                    outcome.step_losses.append(loss)
+                if progress is not None:
+                    progress(outcome.steps, plan.steps, loss)
+    finally:
+        if dp is not None:
+            forward_model._close()  # type: ignore[operator]  # remove Opacus hooks and grad_sample attributes
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+    if outcome.steps != plan.steps:
+        raise RuntimeError(f"took {outcome.steps} steps but planned {plan.steps}")
+    outcome.seconds = time.perf_counter() - started
+    outcome.adapter = adapter_state(model)
+    if dp is not None:
+        outcome.event = DpSgdEvent(
+            noise_multiplier=dp.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps,
+            max_grad_norm=dp.max_grad_norm,
+        )
+    return outcome
+
+
+def _base_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def _logical_step(
+    model: torch.nn.Module,
+    data: TokenizedTexts,
+    logical: list[int],
+    optimizer: torch.optim.Optimizer,
+    dp_optimizer: torch.optim.Optimizer | None,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    physical_batch_size: int,
+) -> float | None:
+    """One optimiser step over a logical batch; returns its mean loss (None for an empty batch)."""
+    chunks = physical_chunks(logical, physical_batch_size)
+    loss_sum = 0.0
+    for position, chunk in enumerate(chunks):
+        last = position == len(chunks) - 1
+        if chunk:
+            inputs, labels = data.batch(chunk, device)
+            loss = loss_fn(model(**inputs).logits, labels)
+            loss_sum += loss.item() * len(chunk)
+            if dp_optimizer is None:
+                # Weight each chunk by its share so accumulated gradients are the logical batch's mean.
+                loss = loss * (len(chunk) / len(logical))
+            loss.backward()
+        else:
+            _set_empty_grad_samples(optimizer)
+        if dp_optimizer is not None:
+            # Non-final chunks only clip and accumulate; the final one adds noise once and steps.
+            dp_optimizer.signal_skip_step(do_skip=not last)  # type: ignore[attr-defined]
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    if dp_optimizer is None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss_sum / len(logical) if logical else None
+
+
+def _set_empty_grad_samples(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter a zero-example per-sample gradient.
+
+    The DP optimiser then clips nothing, adds the full noise and divides by the expected batch size: the correct DP-
+    SGD step for an empty Poisson batch. (Running the
+    model on an empty batch is not an option: transformer forward passes fail on zero rows.)
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param.grad_sample = torch.zeros((0, *param.shape), device=param.device, dtype=param.dtype)

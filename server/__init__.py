@@ -1,0 +1,1 @@
+"""The coordinating server: the Flower ServerApp and adapter-aggregation strategies."""

@@ -1,0 +1,1 @@
+"""Local federations on Flower's simulation engine, and benchmark scripts."""

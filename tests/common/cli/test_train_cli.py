@@ -1,0 +1,116 @@
+"""``fedtune train`` end to end through the CLI (tiny model, built-in sample data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from common.cli.app import main
+from tests.helpers import write_jsonl
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_train_end_to_end_on_sample_data(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli(
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--seed",
+            "0",
+            "--max-length",
+            "32",
+            "--epsilon",
+            "4",
+            "--lr",
+            "0.01",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "accuracy" in printed and "epsilon" in printed and "macro F1" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    privacy = summary["privacy"]
+    assert privacy["differentially_private"] is True
+    assert 0.98 * 4 <= privacy["epsilon"] <= 4.0
+    assert privacy["steps"] == summary["training"]["steps"] > 0
+    assert privacy["events"][0]["noise_multiplier"] == privacy["noise_multiplier"] > 0
+    assert set(summary["metrics"]) >= {"accuracy", "macro_f1", "precision", "recall", "roc_auc", "loss"}
+    assert summary["data"]["train"]["examples"] + summary["data"]["eval"]["examples"] == 2400
+
+    from peft import PeftModel
+
+    from common.model.loading import load_base_classifier, resolve_base_model
+
+    base = load_base_classifier(resolve_base_model(str(tiny_model_dir)), tuple(summary["labels"]))
+    PeftModel.from_pretrained(base, str(out / "adapter"))
+
+
+def test_bad_data_gives_one_line_and_writes_nothing(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "fine", "label": "a"}, {"text": "", "label": "b"}])
+    out = tmp_path / "run"
+    code = run_cli(["train", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 65
+    assert err.count("\n") == 0, err
+    assert f"{data}:2:" in err and "is empty" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_too_few_examples_for_privacy_settings(tiny_model_dir, tmp_path, capsys):
+    rows = [{"text": f"text {i}", "label": i % 2} for i in range(20)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    code = run_cli(["train", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o")])
+    assert code == 65
+    assert "too few examples" in capsys.readouterr().err
+
+
+def test_conflicting_privacy_options(tmp_path, capsys):
+    code = run_cli(["train", "--no-dp", "--epsilon", "3", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "--no-dp cannot be combined" in capsys.readouterr().err
+
+
+def test_out_of_range_option_names_the_flag(tmp_path, capsys):
+    code = run_cli(["train", "--delta", "2", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "'--delta'" in capsys.readouterr().err
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    code = run_cli(["--debug", "train", "--no-dp", "--epsilon", "3", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sample-data"]])
+def test_help_of_every_command(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "common.cli.app", *command, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_sample_data_command(tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    assert run_cli(["sample-data", "--out", str(out), "--size", "50"]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 50 and json.loads(lines[0])["label"] in {"negative", "positive"}
+    assert run_cli(["sample-data", "--out", str(out)]) == 2

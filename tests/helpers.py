@@ -1,0 +1,44 @@
+"""Test helpers importable from any test module (``from tests.helpers import ...``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+#: The real datasets live beside the repository (../shared/data); tests that need them skip when absent.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def build_tiny_model(directory: Path, *, hidden: int = 32, layers: int = 2, num_labels: int = 2) -> Path:
+    """Save a randomly initialised 2-layer BERT and a word-level WordPiece tokenizer covering the sample data."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from common.data.sample import sample_dataset
+
+    words = sorted({w for text in sample_dataset(400).texts for w in re.findall(r"\w+|[^\w\s]", text.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(1234)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

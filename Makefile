@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedtune train --out $(RUN_DIR)/train
+	$(BIN)/fedtune train --out $(RUN_DIR)/train --ledger $(RUN_DIR)/ledger.jsonl
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -55,9 +55,10 @@ def _root(
 
 
 def _register_commands() -> None:
-    from common.cli import sample, train
+    from common.cli import audit, sample, train
 
     train.register(app)
+    audit.register(app)
     sample.register(app)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         entry.load()(app)

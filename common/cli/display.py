@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -10,14 +11,34 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from common.training.progress import ProgressCallback
+# Output that is not a terminal (a file, a pipe, CI logs) gets a fixed, wide layout instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
-console = Console()
+
+class TrainingProgress:
+    """A live progress bar for one training job: ``start(total)`` when training begins, then call it per step."""
+
+    def __init__(self, progress: Progress, description: str) -> None:
+        self._progress = progress
+        self._task = progress.add_task(description, total=None, loss="-", start=False)
+        self._recent: list[float] = []
+
+    def start(self, total: int) -> None:
+        """Begin timing (model loading and planning are not part of the bar's elapsed time)."""
+        self._progress.reset(self._task, total=total, loss="-", start=True)
+
+    def __call__(self, done: int, planned: int, loss: float | None) -> None:
+        """Trainer callback: advance to ``done`` of ``planned`` steps."""
+        if loss is not None:
+            self._recent.append(loss)
+            del self._recent[:-20]
+        shown = f"{sum(self._recent) / len(self._recent):.4f}" if self._recent else "-"
+        self._progress.update(self._task, completed=done, total=planned, loss=shown)
 
 
 @contextmanager
-def training_progress(description: str, total: int) -> Iterator[ProgressCallback]:
-    """A live progress bar; yields the callback the trainer calls after each step."""
+def training_progress(description: str) -> Iterator[TrainingProgress]:
+    """A live progress bar (smoothed loss over the last 20 steps, elapsed and remaining time)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -27,17 +48,7 @@ def training_progress(description: str, total: int) -> Iterator[ProgressCallback
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total, loss="-")
-        smoothed: list[float] = []
-
-        def update(done: int, planned: int, loss: float | None) -> None:
-            if loss is not None:
-                smoothed.append(loss)
-                del smoothed[:-20]
-            shown = f"{sum(smoothed) / len(smoothed):.4f}" if smoothed else "-"
-            progress.update(task, completed=done, total=planned, loss=shown)
-
-        yield update
+        yield TrainingProgress(progress, description)
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -49,7 +60,7 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def key_value_table(title: str, rows: Sequence[tuple[str, Any]]) -> Table:
+def key_value_table(title: str, rows: Sequence[tuple[str, object]]) -> Table:
     """A two-column table."""
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")

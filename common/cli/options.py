@@ -15,6 +15,7 @@ from common.data.spec import DataSpec
 from common.errors import ConfigError
 from common.model.lora import LoraSettings
 from common.parsing import parse_settings
+from common.privacy.budget import BudgetSettings, parse_limit
 from common.training.config import DEFAULT_TARGET_EPSILON, PrivacySettings
 
 ModelOpt = Annotated[
@@ -84,6 +85,26 @@ SeedOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (must be new or empty).")]
+LedgerOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ledger",
+        help="The site's privacy ledger (JSON Lines; created if absent). Default: a per-user file, e.g. "
+        "~/.local/share/fedtune/ledger.jsonl.",
+    ),
+]
+MaxEpsilonOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-epsilon",
+        help="Lifetime epsilon limit of the dataset, across every run and round in the ledger. 'none' = no limit "
+        "(needed to record a --no-dp baseline, after which the dataset can never be used privately again).",
+    ),
+]
+SigningKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--signing-key", help="Ed25519 key (from `fedtune ledger-key`) that signs every ledger record."),
+]
 
 
 def split_list(value: str | None) -> tuple[str, ...] | None:
@@ -162,3 +183,11 @@ def privacy_settings(
             "accountant": "--accountant",
         },
     )
+
+
+def budget_settings(*, ledger: Path | None, max_epsilon: str, signing_key: Path | None) -> BudgetSettings:
+    """BudgetSettings from the ledger options (default ledger: the per-user file)."""
+    values: dict[str, object] = {"max_epsilon": parse_limit(max_epsilon), "signing_key": signing_key}
+    if ledger is not None:
+        values["ledger"] = ledger
+    return parse_settings(BudgetSettings, values, context="option", names={"ledger": "--ledger"})

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from common.cli import options as opt
 from common.cli.display import console, key_value_table, training_progress
 from common.model.builtin import BUILTIN_MODEL_ID
+from common.model.lora import LoraSettings
 from common.parsing import parse_settings
-from common.training.config import DEFAULT_DELTA, TrainConfig
+from common.privacy.budget import DEFAULT_MAX_EPSILON
+from common.training.config import DEFAULT_DELTA, DEFAULT_EVAL_FRACTION, PrivacySettings, TrainConfig
+
+# Option defaults come from the settings models, so the CLI and the library cannot disagree.
+_TRAIN = TrainConfig()
+_LORA = LoraSettings()
+_PRIVACY = PrivacySettings(enabled=False)
+
+if TYPE_CHECKING:
+    from common.privacy.ledger import Reservation
+    from common.training.job import PreparedData, PrivacyPlan
 
 
 def train(
@@ -28,21 +39,24 @@ def train(
     epsilon: opt.EpsilonOpt = None,
     delta: opt.DeltaOpt = DEFAULT_DELTA,
     noise_multiplier: opt.NoiseOpt = None,
-    max_grad_norm: opt.ClipOpt = 1.0,
+    max_grad_norm: opt.ClipOpt = _PRIVACY.max_grad_norm,
     accountant: opt.AccountantOpt = "prv",
     no_dp: opt.NoDpOpt = False,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = _TRAIN.epochs,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Expected logical batch size (Poisson sample rate = batch/N).")
-    ] = 64,
+    ] = _TRAIN.batch_size,
     physical_batch_size: Annotated[
         int, typer.Option("--physical-batch-size", help="Most examples on the device at once (memory bound).")
-    ] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 2e-3,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens kept per text (longer are cut).")] = 64,
-    lora_r: opt.LoraROpt = 8,
-    lora_alpha: opt.LoraAlphaOpt = 16.0,
-    lora_dropout: opt.LoraDropoutOpt = 0.0,
+    ] = _TRAIN.physical_batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate of the optimizer.")] = _TRAIN.learning_rate,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd.")] = _TRAIN.optimizer,
+    max_length: Annotated[
+        int, typer.Option("--max-length", help="Tokens kept per text (longer are cut).")
+    ] = _TRAIN.max_length,
+    lora_r: opt.LoraROpt = _LORA.r,
+    lora_alpha: opt.LoraAlphaOpt = _LORA.alpha,
+    lora_dropout: opt.LoraDropoutOpt = _LORA.dropout,
     lora_targets: opt.LoraTargetsOpt = None,
     ffa: opt.FfaOpt = False,
     text_column: opt.TextColumnOpt = "text",
@@ -51,14 +65,19 @@ def train(
     fmt: opt.FormatOpt = "auto",
     eval_fraction: Annotated[
         float, typer.Option("--eval-fraction", help="Share held out for evaluation when no --eval-data.")
-    ] = 0.2,
+    ] = DEFAULT_EVAL_FRACTION,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the train/eval split.")] = 0,
     seed: opt.SeedOpt = None,
     device: opt.DeviceOpt = "auto",
+    ledger: opt.LedgerOpt = None,
+    max_epsilon: opt.MaxEpsilonOpt = str(DEFAULT_MAX_EPSILON),
+    signing_key: opt.SigningKeyOpt = None,
 ) -> None:
     """Fine-tune a LoRA adapter on labelled text with DP-SGD and write it in PEFT format.
 
-    Everything is validated before training starts; on bad input nothing is trained or written. The output
+    Every run is charged to the dataset's entry in the privacy ledger (--ledger): training is refused, before it
+    starts, when the dataset's total spend would pass --max-epsilon. Everything is validated before training
+    starts; on bad input nothing is trained or written. The output
     directory receives adapter/ (load it with PeftModel.from_pretrained(base, OUT/adapter)) and summary.json
     (metrics and privacy spend). Evaluation metrics are not differentially private.
     """
@@ -75,6 +94,7 @@ def train(
                 "batch_size": batch_size,
                 "physical_batch_size": physical_batch_size,
                 "learning_rate": lr,
+                "optimizer": optimizer,
                 "max_length": max_length,
                 "seed": seed,
                 "device": device,
@@ -87,6 +107,7 @@ def train(
                 "physical_batch_size": "--physical-batch-size",
                 "max_length": "--max-length",
                 "device": "--device",
+                "optimizer": "--optimizer",
             },
         ),
         privacy=opt.privacy_settings(
@@ -100,10 +121,10 @@ def train(
         eval_fraction=eval_fraction,
         split_seed=split_seed,
     )
-    state: dict[str, object] = {}
+    budget = opt.budget_settings(ledger=ledger, max_epsilon=max_epsilon, signing_key=signing_key)
 
-    def show_plan(prepared, plan) -> None:  # type: ignore[no-untyped-def]
-        rows = [
+    def show_plan(prepared: PreparedData, plan: PrivacyPlan, reservation: Reservation) -> None:
+        rows: list[tuple[str, object]] = [
             ("train examples", len(prepared.train)),
             ("eval examples", len(prepared.eval)),
             ("steps", plan.steps.steps),
@@ -118,20 +139,34 @@ def train(
             ]
         else:
             console.print("[bold yellow]warning:[/] training WITHOUT differential privacy (--no-dp)")
+        rows += [
+            ("dataset spent before", reservation.epsilon_before),
+            ("dataset spent after (reserved)", reservation.epsilon_after),
+            ("dataset limit", budget.max_epsilon),
+            ("ledger", str(budget.ledger)),
+        ]
         console.print(key_value_table("Plan", rows))
-        state["steps"] = plan.steps.steps
+        progress.start(plan.steps.steps)
 
-    with training_progress("training", total=0) as progress:
+    with training_progress("training") as progress:
         result = run_train_job(
-            job, train_path=data, eval_path=eval_data, out_dir=out, progress=progress, on_plan=show_plan
+            job,
+            train_path=data,
+            eval_path=eval_data,
+            out_dir=out,
+            budget=budget,
+            progress=progress,
+            on_plan=show_plan,
         )
     m = result.metrics
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("accuracy", m.accuracy),
         ("macro F1", m.macro_f1),
         ("ROC-AUC", m.roc_auc),
         ("eval loss", m.loss),
-        ("epsilon", result.epsilon),
+        ("epsilon (this run)", result.epsilon),
+        ("dataset epsilon (ledger)", result.reservation.epsilon_after),
+        ("dataset limit", budget.max_epsilon),
         ("delta", result.plan.delta),
         ("noise multiplier sigma", result.plan.dp.noise_multiplier if result.plan.dp else None),
         ("steps", result.outcome.steps),

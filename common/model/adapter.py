@@ -86,9 +86,12 @@ def save_adapter(model: PeftModel, directory: Path, *, base_model_name: str) -> 
     config = model.peft_config[_ADAPTER_NAME]
     previous = config.base_model_name_or_path
     config.base_model_name_or_path = base_model_name
+    from common.model.loading import quiet_transformers
+
     try:
         # save_embedding_layers=False: we never adapt embeddings, and "auto" would look the base model up online.
-        model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+        with quiet_transformers():
+            model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
     finally:
         config.base_model_name_or_path = previous
     return directory

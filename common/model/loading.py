@@ -6,6 +6,8 @@ A model is named by a hub id or a local directory; the built-in aliases resolve 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,28 +57,36 @@ def load_base_classifier(ref: BaseModelRef, label_names: tuple[str, ...]) -> Pre
     The head's initialisation draws from torch's global generator: seed it first for reproducible runs.
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    # The "newly initialized classifier weights" notice is expected here (we train that head), and the per-tensor
-    # loading bar is noise in a CLI; both are silenced for this call only. Warnings stay on.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    bar_was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    # The "newly initialized classifier weights" notice is expected here (we train that head).
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            ref.location,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-        )
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                ref.location,
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={name: i for i, name in enumerate(label_names)},
+            )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the base model {ref.name!r}: {_first_line(exc)}") from exc
+    return model
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info logs and per-tensor progress bars for one call (warnings stay on)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bar_was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bar_was_enabled:
             hf_logging.enable_progress_bar()
-    return model
 
 
 def _first_line(exc: BaseException) -> str:

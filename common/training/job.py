@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +23,17 @@ from common.data.readers import read_labeled_file
 from common.data.sample import sample_dataset
 from common.data.spec import DataSpec
 from common.data.split import train_eval_split
-from common.errors import ConfigError, PrivacyParameterError
+from common.errors import ConfigError
 from common.fileio import atomic_write_json
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.privacy.accountant import get_accountant
+from common.privacy.budget import BudgetSettings
 from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.events import DpSgdEvent
+from common.privacy.ledger import DatasetRef, Reservation
 from common.training.batches import StepPlan, plan_steps
-from common.training.config import PrivacySettings, TrainConfig
+from common.training.config import DEFAULT_EVAL_FRACTION, PrivacySettings, TrainConfig
 from common.training.evaluation import EvalMetrics
 from common.training.progress import ProgressCallback
 from common.training.trainer import DpSgdParams, TrainOutcome
@@ -49,7 +52,7 @@ class TrainJob(BaseModel):
     lora: LoraSettings = LoraSettings()
     training: TrainConfig = TrainConfig()
     privacy: PrivacySettings = PrivacySettings(target_epsilon=8.0)
-    eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    eval_fraction: float = Field(default=DEFAULT_EVAL_FRACTION, gt=0.0, lt=1.0)
     split_seed: int = 0
 
 
@@ -71,6 +74,7 @@ class PrivacyPlan:
     delta: float | None
     accountant: str
     planned_epsilon: float | None
+    event: DpSgdEvent | None
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class JobResult:
     outcome: TrainOutcome
     metrics: EvalMetrics
     epsilon: float | None
+    reservation: Reservation
     summary: dict[str, Any]
 
 
@@ -109,11 +114,8 @@ def plan_privacy(job: TrainJob, num_examples: int, source: str) -> PrivacyPlan:
     )
     privacy = job.privacy
     if not privacy.enabled:
-        return PrivacyPlan(steps=steps, dp=None, delta=None, accountant=privacy.accountant, planned_epsilon=None)
-    if privacy.delta >= 1.0 / num_examples:
-        raise PrivacyParameterError(
-            f"delta {privacy.delta:g} is not below 1/N = {1.0 / num_examples:.3g} for N = {num_examples} "
-            "training examples: such a delta permits releasing a whole record; choose a smaller --delta"
+        return PrivacyPlan(
+            steps=steps, dp=None, delta=None, accountant=privacy.accountant, planned_epsilon=None, event=None
         )
     accountant = get_accountant(privacy.accountant)
     sigma = privacy.noise_multiplier
@@ -135,7 +137,9 @@ def plan_privacy(job: TrainJob, num_examples: int, source: str) -> PrivacyPlan:
         max_grad_norm=privacy.max_grad_norm,
     )
     epsilon = accountant.epsilon([planned], delta=privacy.delta)
-    return PrivacyPlan(steps=steps, dp=dp, delta=privacy.delta, accountant=accountant.name, planned_epsilon=epsilon)
+    return PrivacyPlan(
+        steps=steps, dp=dp, delta=privacy.delta, accountant=accountant.name, planned_epsilon=epsilon, event=planned
+    )
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -150,13 +154,15 @@ def run_train_job(
     train_path: Path | None,
     eval_path: Path | None,
     out_dir: Path,
+    budget: BudgetSettings,
     progress: ProgressCallback | None = None,
-    on_plan: Callable[[PreparedData, PrivacyPlan], None] | None = None,
+    on_plan: Callable[[PreparedData, PrivacyPlan, Reservation], None] | None = None,
 ) -> JobResult:
-    """Validate, plan, train, evaluate and write ``out_dir/adapter`` plus ``out_dir/summary.json``.
+    """Validate, plan, reserve budget, train, commit, evaluate, and write ``out_dir/adapter`` and ``summary.json``.
 
-    ``on_plan(prepared, plan)`` is called once everything is validated and before training starts (the CLI uses it
-    to show what is about to happen).
+    Everything that can be checked (data, options, model, output directory) is checked before the budget is
+    reserved; the reservation is durable before the first training step and committed before the adapter is
+    written. ``on_plan(prepared, plan, reservation)`` is called just before training starts.
     """
     import torch
 
@@ -172,6 +178,7 @@ def run_train_job(
     prepared = prepare_data(job, train_path, eval_path)
     plan = plan_privacy(job, len(prepared.train), prepared.train.source)
     device = resolve_device(job.training.device)
+    ledger = budget.open_ledger()
     ref = resolve_base_model(job.model)
     tokenizer = load_tokenizer(ref)
     if job.training.seed is not None:
@@ -179,22 +186,49 @@ def run_train_job(
     model = apply_lora(load_base_classifier(ref, prepared.train.label_names), job.lora)
     train_data = TokenizedTexts(prepared.train, tokenizer, max_length=job.training.max_length)
     eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=job.training.max_length)
-    if on_plan is not None:
-        on_plan(prepared, plan)
 
+    dataset = DatasetRef(
+        fingerprint=prepared.source_fingerprint,
+        dataset_id=str(train_path) if train_path is not None else prepared.train.source.split(" (")[0],
+        num_examples=len(prepared.train),
+    )
+    reservation = ledger.reserve(
+        dataset=dataset,
+        event=plan.event,
+        delta=job.privacy.delta,
+        limit=budget.max_epsilon,
+        accountant=job.privacy.accountant,
+        run_id=str(uuid.uuid4()),
+        round=0,
+    )
+    if on_plan is not None:
+        on_plan(prepared, plan, reservation)
     outcome = train_adapter(
         model, train_data, config=job.training, plan=plan.steps, dp=plan.dp, device=device, progress=progress
     )
+    if outcome.event != plan.event:  # the trainer must have done exactly what was reserved
+        raise RuntimeError(f"trained {outcome.event} but reserved {plan.event}")
+    ledger.commit(reservation, examples_seen=outcome.examples_seen, empty_batches=outcome.empty_batches)
+
     metrics = evaluate(model, eval_data, batch_size=job.training.eval_batch_size, device=device)
-    epsilon = (
-        get_accountant(plan.accountant).epsilon([outcome.event], delta=plan.delta)
-        if outcome.event is not None and plan.delta is not None
-        else None
+    summary = _summary(
+        job, prepared, plan, outcome, metrics, reservation, budget, ref.name, trainable_parameter_count(model)
     )
-    summary = _summary(job, prepared, plan, outcome, metrics, epsilon, ref.name, trainable_parameter_count(model))
     save_adapter(model, out_dir / ADAPTER_SUBDIR, base_model_name=ref.name)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
-    return JobResult(out_dir=out_dir, plan=plan, outcome=outcome, metrics=metrics, epsilon=epsilon, summary=summary)
+    return JobResult(
+        out_dir=out_dir,
+        plan=plan,
+        outcome=outcome,
+        metrics=metrics,
+        epsilon=plan.planned_epsilon,
+        reservation=reservation,
+        summary=summary,
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _dataset_entry(dataset: LabeledTexts) -> dict[str, Any]:
@@ -212,11 +246,14 @@ def _summary(
     plan: PrivacyPlan,
     outcome: TrainOutcome,
     metrics: EvalMetrics,
-    epsilon: float | None,
+    reservation: Reservation,
+    budget: BudgetSettings,
     base_model: str,
     trainable: int,
 ) -> dict[str, Any]:
     event = outcome.event
+    limit = budget.max_epsilon
+    spent = reservation.epsilon_after
     return {
         "fedtune_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -231,7 +268,7 @@ def _summary(
         "privacy": {
             "differentially_private": event is not None,
             "accountant": plan.accountant if event is not None else None,
-            "epsilon": epsilon,
+            "epsilon": plan.planned_epsilon,
             "delta": plan.delta,
             "target_epsilon": job.privacy.target_epsilon if event is not None else None,
             "noise_multiplier": event.noise_multiplier if event else None,
@@ -239,6 +276,15 @@ def _summary(
             "steps": event.steps if event else None,
             "max_grad_norm": event.max_grad_norm if event else None,
             "events": [event.model_dump()] if event else [],
+            "ledger": {
+                "path": str(budget.ledger),
+                "event_id": reservation.event_id,
+                "dataset_fingerprint": reservation.record.dataset_fingerprint,
+                "dataset_epsilon_before": _finite(reservation.epsilon_before),
+                "dataset_epsilon_after": _finite(spent),
+                "limit": limit,
+                "remaining": None if limit is None else max(0.0, limit - spent),
+            },
             "note": "evaluation metrics are computed on held-out data and are not differentially private",
         },
         "training": {

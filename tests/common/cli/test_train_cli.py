@@ -114,3 +114,75 @@ def test_sample_data_command(tmp_path, capsys):
     lines = out.read_text().splitlines()
     assert len(lines) == 50 and json.loads(lines[0])["label"] in {"negative", "positive"}
     assert run_cli(["sample-data", "--out", str(out)]) == 2
+
+
+def test_repeated_runs_are_refused_once_the_next_would_pass_the_limit(tiny_model_dir, sample_jsonl, tmp_path, capsys):
+    ledger = tmp_path / "ledger.jsonl"
+    common = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(sample_jsonl),
+        "--ledger",
+        str(ledger),
+        "--max-epsilon",
+        "7",
+        "--epsilon",
+        "5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--max-length",
+        "24",
+    ]
+    assert run_cli([*common, "--out", str(tmp_path / "run1")]) == 0
+    first = json.loads((tmp_path / "run1" / "summary.json").read_text())["privacy"]["ledger"]
+    assert first["dataset_epsilon_before"] == 0.0 and first["dataset_epsilon_after"] <= 5.0
+    assert run_cli([*common, "--out", str(tmp_path / "run2")]) == 0  # 5 (+) 5 composes to about 6.2 <= 7
+    second = json.loads((tmp_path / "run2" / "summary.json").read_text())["privacy"]["ledger"]
+    assert second["dataset_epsilon_before"] == pytest.approx(first["dataset_epsilon_after"])
+    assert 5.0 < second["dataset_epsilon_after"] <= 7.0
+    capsys.readouterr()
+    before = ledger.read_bytes()
+    assert run_cli([*common, "--out", str(tmp_path / "run3")]) == 3  # a third would bring it to about 7.2
+    err = capsys.readouterr().err
+    assert "privacy budget exhausted" in err and "over the limit 7" in err
+    assert ledger.read_bytes() == before, "a refused run must leave the ledger unchanged"
+    assert not (tmp_path / "run3").exists()
+
+    assert run_cli(["audit", str(ledger), "--verify", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (dataset,) = report["ledgers"][0]["datasets"]
+    assert report["ledgers"][0]["verified"] is True
+    assert dataset["events"] == 2 and dataset["runs"] == 2 and dataset["pending"] == 0
+    assert dataset["epsilon"] == pytest.approx(second["dataset_epsilon_after"])
+    assert dataset["limit"] == 7.0 and dataset["remaining"] == pytest.approx(7.0 - dataset["epsilon"])
+
+
+def test_no_dp_baseline_needs_an_unlimited_budget_and_is_recorded(tiny_model_dir, sample_jsonl, tmp_path, capsys):
+    ledger = tmp_path / "ledger.jsonl"
+    common = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(sample_jsonl),
+        "--ledger",
+        str(ledger),
+        "--no-dp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--max-length",
+        "24",
+    ]
+    assert run_cli([*common, "--out", str(tmp_path / "a")]) == 3
+    assert "infinite epsilon" in capsys.readouterr().err
+    assert run_cli([*common, "--max-epsilon", "none", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert run_cli(["audit", str(ledger), "--json"]) == 0
+    (dataset,) = json.loads(capsys.readouterr().out)["ledgers"][0]["datasets"]
+    assert dataset["non_private"] is True and dataset["epsilon"] is None

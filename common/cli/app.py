@@ -52,6 +52,8 @@ def _root(
 ) -> None:
     """Privacy-preserving federated fine-tuning with LoRA and DP-SGD."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Flower prints through its own handler; stop its records from printing twice through ours.
+    logging.getLogger("flwr").propagate = False
 
 
 def _register_commands() -> None:

@@ -1,0 +1,97 @@
+"""What a site keeps loaded between rounds: the base model with its LoRA adapter, and its tokenised data.
+
+A Flower simulation runs ClientApps in long-lived worker processes, so caching the model and data per process
+turns each round into pure training work; a deployed SuperNode starts a fresh process per round and simply
+misses the cache. The cache never holds privacy state: budget decisions always re-read the ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common.data.dataset import LabeledTexts
+from common.data.readers import read_labeled_file
+from common.data.split import train_eval_split
+from common.federation.config import FederationConfig
+from common.federation.site import SiteSettings
+from common.model.adapter import trainable_keys
+from common.model.loading import load_base_classifier, load_tokenizer, resolve_base_model
+from common.model.lora import apply_lora
+from common.training.batches import TokenizedTexts
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+_lock = threading.Lock()
+_MAX_CACHED_SITES = 32  # one worker process may serve many simulated sites in turn
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's dataset: the training part (all of it unless it evaluates), the held-out part, the fingerprint."""
+
+    train: TokenizedTexts
+    eval: TokenizedTexts | None
+    fingerprint: str
+    dataset_id: str
+
+
+@dataclass(frozen=True)
+class SiteModel:
+    """The base model with the run's LoRA adapter, its tokenizer, and the adapter keys training changes."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    trainable: frozenset[str]
+
+
+_models: dict[tuple[object, ...], SiteModel] = {}
+_data: dict[tuple[object, ...], SiteData] = {}
+
+
+def site_model(config: FederationConfig) -> SiteModel:
+    """The model for this run's base model, LoRA settings and labels (its adapter is overwritten every round)."""
+    key = (config.model, config.labels, config.lora)
+    with _lock:
+        if key not in _models:
+            ref = resolve_base_model(config.model)
+            model = apply_lora(load_base_classifier(ref, config.labels), config.lora)
+            _models.clear()  # one model per process: free the previous run's
+            _models[key] = SiteModel(model=model, tokenizer=load_tokenizer(ref), trainable=trainable_keys(model))
+        return _models[key]
+
+
+def site_data(site: SiteSettings, config: FederationConfig, tokenizer: PreTrainedTokenizerBase) -> SiteData:
+    """The site's validated, tokenised data (re-read when the file changes)."""
+    path = Path(site.data_path)
+    stat = path.stat() if path.exists() else None
+    key = (
+        str(path),
+        stat and (stat.st_size, stat.st_mtime_ns),
+        site.model_dump_json(),
+        config.labels,
+        config.max_length,
+        config.model,
+    )
+    with _lock:
+        if key not in _data:
+            source = read_labeled_file(path, site.data_spec(config.labels))
+            train: LabeledTexts
+            held_out: LabeledTexts | None
+            if site.evaluate:
+                train, held_out = train_eval_split(source, eval_fraction=site.eval_fraction, seed=site.split_seed)
+            else:
+                train, held_out = source, None
+            if len(_data) >= _MAX_CACHED_SITES:
+                _data.pop(next(iter(_data)))
+            _data[key] = SiteData(
+                train=TokenizedTexts(train, tokenizer, max_length=config.max_length),
+                eval=TokenizedTexts(held_out, tokenizer, max_length=config.max_length) if held_out else None,
+                fingerprint=source.fingerprint,
+                dataset_id=f"{site.site_name}:{path.name}",
+            )
+        return _data[key]

@@ -1,0 +1,131 @@
+"""The run directory's reports: per-round metrics, the server-side privacy report, and a progress plot.
+
+The privacy report records what every site REPORTED it spent, round by round. It is the server's view, useful
+for the federation's audit trail; the authority on a site's spend is the site's own ledger.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from common.federation import protocol as p
+from common.federation.config import FederationConfig
+from common.fileio import atomic_write_json
+
+if TYPE_CHECKING:
+    from server.federation import FederationResult
+
+METRICS_FILE = "metrics.json"
+PRIVACY_REPORT_FILE = "privacy_report.json"
+PLOT_FILE = "progress.png"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def privacy_report(config: FederationConfig, result: FederationResult) -> dict[str, Any]:
+    """Every site's reported spend per round (and refusals), plus each site's last reported total."""
+    sites: dict[str, list[dict[str, Any]]] = {}
+    for record in result.history:
+        for site in record.get("sites", []):
+            metrics = site.get("metrics", {})
+            sites.setdefault(site["site_name"], []).append(
+                {
+                    "round": record["round"],
+                    "node_id": site["node_id"],
+                    "status": site["status"],
+                    "reason": site["reason"] or None,
+                    "epsilon_spent": metrics.get(p.EPSILON_SPENT),
+                    "epsilon_round": metrics.get(p.EPSILON_ROUND),
+                    "delta": metrics.get(p.DELTA),
+                    "noise_multiplier": metrics.get(p.NOISE_MULTIPLIER),
+                    "sample_rate": metrics.get(p.SAMPLE_RATE),
+                    "steps": metrics.get(p.STEPS),
+                }
+            )
+    final = {
+        name: next((e["epsilon_spent"] for e in reversed(rows) if e["epsilon_spent"] is not None), None)
+        for name, rows in sites.items()
+    }
+    return {
+        "run_id": result.run_id,
+        "target_epsilon_per_site": config.target_epsilon,
+        "note": "as reported by each site; a site's own ledger is authoritative",
+        "sites": sites,
+        "final_epsilon_spent": final,
+    }
+
+
+def write_outputs(out_dir: Path, config: FederationConfig, result: FederationResult) -> None:
+    """metrics.json, privacy_report.json and progress.png."""
+    atomic_write_json(
+        out_dir / METRICS_FILE,
+        _clean(
+            {
+                "run_id": result.run_id,
+                "config": config.to_run_config(),
+                "planned_rounds": result.planned_rounds,
+                "completed_rounds": result.completed_rounds,
+                "stop_reason": result.stop_reason,
+                "crashes": result.crashes,
+                "rounds": result.history,
+            }
+        ),
+    )
+    report = privacy_report(config, result)
+    atomic_write_json(out_dir / PRIVACY_REPORT_FILE, _clean(report))
+    plot_progress(out_dir / PLOT_FILE, result.history, report, config)
+
+
+def _accuracy_series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for record in history:
+        metrics = record.get(key)
+        if metrics and metrics.get("accuracy") is not None:
+            xs.append(record["round"])
+            ys.append(metrics["accuracy"])
+    return xs, ys
+
+
+def plot_progress(path: Path, history: list[dict[str, Any]], report: dict[str, Any], config: FederationConfig) -> None:
+    """Accuracy over rounds (server and federated evaluation) beside each site's epsilon over rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label in (("server_eval", "server held-out"), ("federated_eval", "sites' held-out (not DP)")):
+        xs, ys = _accuracy_series(history, key)
+        if xs:
+            left.plot(xs, ys, marker="o", label=label)
+    left.set_title("Accuracy of the global adapter")
+    left.set_xlabel("round")
+    left.set_ylabel("accuracy")
+    for name, rows in sorted(report["sites"].items()):
+        points = [(r["round"], r["epsilon_spent"]) for r in rows if r["epsilon_spent"] is not None]
+        if points:
+            right.plot(*zip(*points, strict=True), marker="o", label=name)
+    right.axhline(config.target_epsilon, color="grey", linestyle="--", linewidth=1, label="target per site")
+    right.set_title("Epsilon spent per site (delta as each site set it)")
+    right.set_xlabel("round")
+    right.set_ylabel("epsilon (site ledger, recomputed)")
+    for axes in (left, right):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=110)
+    plt.close(figure)

@@ -1,0 +1,265 @@
+"""A local federation on Flower's simulation engine (Ray): sites carved from one dataset, or one file per site.
+
+``prepare`` validates every input and lays out the run directory (site data, site table, run config) before
+anything trains; ``run`` executes fedtune's own ServerApp and ClientApp under ``flwr.simulation`` and returns how the
+run ended. The simulated sites are configured exactly like deployed ones (node-config settings: data path, ledger,
+limit, delta), so each keeps its own ledger under ``OUT/sites/``.
+
+Run directory::
+
+    OUT/run_config.json  sites.json  adapter/  metrics.json  privacy_report.json  progress.png  checkpoints/
+    OUT/server/eval.jsonl          (held-out split when no --eval-data is given)
+    OUT/sites/site-K/train.jsonl   ledger.jsonl (+ .head)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.data.dataset import LabeledTexts
+from common.data.partition import PartitionSpec, partition_dataset
+from common.data.readers import read_labeled_file
+from common.data.sample import sample_dataset
+from common.data.spec import DataSpec
+from common.data.split import train_eval_split
+from common.errors import ConfigError, FederationError
+from common.federation.config import FederationConfig
+from common.federation.site import SiteSettings
+from common.fileio import atomic_write_bytes, atomic_write_json
+from common.training.batches import plan_steps
+
+SITES_FILE = "sites.json"
+RUN_CONFIG_FILE = "run_config.json"
+
+
+class SimulationRequest(BaseModel):
+    """What ``fedtune simulate`` was asked to do (validated once, at the CLI)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: Path | None = None
+    eval_data: Path | None = None
+    site_data: tuple[Path, ...] = ()
+    sites: int = Field(default=4, ge=1)
+    partition: str = "iid"
+    data_spec: DataSpec = DataSpec()
+    site_max_epsilon: float | None = None  # default: the run's target epsilon
+    resume: bool = False
+    cpus_per_site: float | None = None
+    gpus_per_site: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class PreparedSimulation:
+    """A laid-out run directory ready to run."""
+
+    config: FederationConfig
+    sites: dict[int, SiteSettings]
+    sites_file: Path
+
+
+def _write_jsonl(path: Path, dataset: LabeledTexts) -> Path:
+    lines = [
+        json.dumps({"text": text, "label": dataset.label_names[label]})
+        for text, label in zip(dataset.texts, dataset.labels, strict=True)
+    ]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+def prepare(request: SimulationRequest, config: FederationConfig) -> PreparedSimulation:
+    """Validate the data and lay out the run directory (nothing trains here)."""
+    out = Path(config.out_dir)
+    if request.resume:
+        if not (out / SITES_FILE).exists():
+            raise ConfigError(f"{out}: nothing to resume (no {SITES_FILE}); run without --resume first")
+        return _reload(out, config)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: output directory exists and is not empty; choose a new --out (or --resume)")
+
+    spec = request.data_spec
+    if request.site_data:
+        if request.data is not None:
+            raise ConfigError("give --data (carved into sites) or --site-data (one file per site), not both")
+        site_sets = [read_labeled_file(path, spec) for path in request.site_data]
+        labels = site_sets[0].label_names
+        site_sets = [read_labeled_file(path, spec, label_names=labels) for path in request.site_data]
+        server_eval = read_labeled_file(request.eval_data, spec, label_names=labels) if request.eval_data else None
+    else:
+        source = read_labeled_file(request.data, spec) if request.data is not None else sample_dataset()
+        labels = source.label_names
+        if request.eval_data is not None:
+            pool, server_eval = source, read_labeled_file(request.eval_data, spec, label_names=labels)
+        else:
+            pool, server_eval = train_eval_split(source, eval_fraction=0.2, seed=config.seed)
+        site_sets = partition_dataset(
+            pool,
+            sites=request.sites,
+            spec=PartitionSpec.parse(request.partition),
+            seed=config.seed,
+            min_size=config.batch_size,
+        )
+    if len(site_sets) < config.min_sites:
+        raise ConfigError(f"{len(site_sets)} site(s) cannot satisfy min-sites {config.min_sites}")
+
+    config = config.model_copy(update={"labels": labels})
+    if server_eval is not None:
+        config = config.model_copy(update={"eval_data": str(_write_jsonl(out / "server" / "eval.jsonl", server_eval))})
+    sites: dict[int, SiteSettings] = {}
+    for index, dataset in enumerate(site_sets):
+        directory = out / "sites" / f"site-{index}"
+        data_path = request.site_data[index] if request.site_data else _write_jsonl(directory / "train.jsonl", dataset)
+        site = SiteSettings(
+            site_name=f"site-{index}",
+            data_path=Path(data_path).resolve(),
+            ledger_path=(directory / "ledger.jsonl").resolve(),
+            max_epsilon=request.site_max_epsilon if request.site_max_epsilon is not None else config.target_epsilon,
+            delta=config.delta,
+            text_column=spec.text_column,
+            label_column=spec.label_column,
+            evaluate=True,  # simulated sites release held-out metrics so progress is visible
+            seed=None if request.seed is None else request.seed * 1000 + index,
+        )
+        train_size = len(dataset) - round(len(dataset) * site.eval_fraction)
+        plan_steps(
+            num_examples=train_size, batch_size=config.batch_size, epochs=config.local_epochs, source=str(data_path)
+        )
+        sites[index] = site
+    sites_file = out / SITES_FILE
+    atomic_write_json(sites_file, {str(k): s.to_node_config() for k, s in sites.items()})
+    atomic_write_json(out / RUN_CONFIG_FILE, config.to_run_config())
+    return PreparedSimulation(config=config, sites=sites, sites_file=sites_file)
+
+
+def _reload(out: Path, config: FederationConfig) -> PreparedSimulation:
+    from common.federation.config import parse_run_config
+    from common.federation.site import parse_site_settings
+
+    saved = parse_run_config(json.loads((out / RUN_CONFIG_FILE).read_text()))
+    config = config.model_copy(update={"labels": saved.labels, "eval_data": saved.eval_data})
+    table = json.loads((out / SITES_FILE).read_text())
+    sites = {int(k): parse_site_settings(v, source=f"{out / SITES_FILE} site {k}") for k, v in table.items()}
+    return PreparedSimulation(config=config, sites=sites, sites_file=out / SITES_FILE)
+
+
+def run(prepared: PreparedSimulation, request: SimulationRequest, on_round: Any = None) -> Any:
+    """Run the prepared federation on Flower's simulation engine; return the server's FederationResult."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from client.site import SIMULATION_SITES_ENV
+    from server.federation import run_federation
+
+    holder: dict[str, Any] = {}
+    client_app = simulation_client_app(prepared.config.to_run_config())
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        holder["result"] = run_federation(grid, prepared.config, on_round=on_round)
+
+    cpus = request.cpus_per_site or float(os.cpu_count() or 1)
+    backend_config = {
+        "client_resources": {"num_cpus": cpus, "num_gpus": request.gpus_per_site},
+        "init_args": {"logging_level": logging.ERROR, "log_to_driver": False, "num_cpus": os.cpu_count() or 1},
+    }
+    # Ray workers inherit the environment: this is how simulated SuperNodes find their site settings.
+    os.environ[SIMULATION_SITES_ENV] = str(prepared.sites_file.resolve())
+    try:
+        with quiet_flower():
+            from flwr.simulation import run_simulation
+
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(prepared.sites),
+                backend_config=backend_config,  # type: ignore[arg-type]
+            )
+    finally:
+        os.environ.pop(SIMULATION_SITES_ENV, None)
+        _shutdown_ray()
+    if "result" not in holder:
+        raise FederationError("the simulation ended without a result from the server (see the log above)")
+    return holder["result"]
+
+
+@contextmanager
+def quiet_flower() -> Iterator[None]:
+    """Keep Flower's and Ray's chatter off the console unless --debug (errors still show).
+
+    The run_simulation deprecation notice is dropped: ``flwr run`` cannot take in-process apps with a progress hook,
+    which is what this command needs; the API is still supported in Flower 1.41.
+    """
+    flower = logging.getLogger("flwr")
+    previous = flower.level
+    debug = logging.getLogger().level <= logging.DEBUG
+    deprecation = _DropMessage("DEPRECATED FEATURE: The `run_simulation` function")
+    flower.addFilter(deprecation)
+    for handler in flower.handlers:
+        handler.addFilter(deprecation)
+    if not debug:
+        flower.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            yield
+    finally:
+        flower.setLevel(previous)
+        flower.removeFilter(deprecation)
+        for handler in flower.handlers:
+            handler.removeFilter(deprecation)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def simulation_client_app(run_config: dict[str, Any]) -> Any:
+    """Fedtune's ClientApp handlers, with the run config that ``flwr.simulation`` does not pass to ClientApps.
+
+    (``flwr run`` and deployed SuperNodes receive the run config from the SuperLink; the in-process simulation API
+    leaves ``context.run_config`` empty.)
+    """
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+
+    from client.evaluate import evaluate_round
+    from client.train import train_round
+
+    app = ClientApp()
+
+    @app.train()
+    def _train(message: Message, context: Context) -> Message:
+        return train_round(message, context, run_config=run_config)
+
+    @app.evaluate()
+    def _evaluate(message: Message, context: Context) -> Message:
+        return evaluate_round(message, context, run_config=run_config)
+
+    return app
+
+
+def _shutdown_ray() -> None:
+    """Leave no Ray process behind."""
+    try:
+        import ray
+    except ImportError:
+        return
+    if ray.is_initialized():
+        ray.shutdown()

@@ -55,11 +55,11 @@ _data: dict[tuple[object, ...], SiteData] = {}
 
 def site_model(config: FederationConfig) -> SiteModel:
     """The model for this run's base model, LoRA settings and labels (its adapter is overwritten every round)."""
-    key = (config.model, config.labels, config.lora)
+    key = (config.model, config.pooling, config.labels, config.lora)
     with _lock:
         if key not in _models:
             ref = resolve_base_model(config.model)
-            model = apply_lora(load_base_classifier(ref, config.labels), config.lora)
+            model = apply_lora(load_base_classifier(ref, config.labels, pooling=config.pooling), config.lora)
             _models.clear()  # one model per process: free the previous run's
             _models[key] = SiteModel(model=model, tokenizer=load_tokenizer(ref), trainable=trainable_keys(model))
         return _models[key]

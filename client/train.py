@@ -90,7 +90,7 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     outcome = train_adapter(
         runtime.model,
         data.train,
-        config=config.train_config(seed=_round_seed(site, run_id, server_round), device=site.device),
+        config=config.train_config(seed=_round_seed(site, server_round), device=site.device),
         plan=plan,
         dp=DpSgdParams(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm),
         device=resolve_device(site.device),
@@ -168,14 +168,14 @@ def _run_sigma(
     return sigma
 
 
-def _round_seed(site: SiteSettings, run_id: str, server_round: int) -> int | None:
+def _round_seed(site: SiteSettings, server_round: int) -> int | None:
     """A per-round seed derived from the SITE's own seed, never from the server.
 
     A server that chose the noise seed could subtract the noise. Unseeded sites draw fresh OS entropy.
     """
     if site.seed is None:
         return None
-    digest = hashlib.sha256(f"{site.seed}:{run_id}:{server_round}".encode()).digest()
+    digest = hashlib.sha256(f"{site.seed}:{server_round}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 

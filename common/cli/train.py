@@ -36,6 +36,7 @@ def train(
         typer.Option("--eval-data", help="Held-out data; default: a seeded split of --data (--eval-fraction)."),
     ] = None,
     model: opt.ModelOpt = BUILTIN_MODEL_ID,
+    pooling: opt.PoolingOpt = "auto",
     epsilon: opt.EpsilonOpt = None,
     delta: opt.DeltaOpt = DEFAULT_DELTA,
     noise_multiplier: opt.NoiseOpt = None,
@@ -85,6 +86,7 @@ def train(
 
     job = TrainJob(
         model=model,
+        pooling=opt.pooling_choice(pooling),
         data=opt.data_spec(fmt=fmt, text_column=text_column, label_column=label_column, labels=labels),
         lora=opt.lora_settings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, ffa=ffa),
         training=parse_settings(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
+from common.model.pooling import Pooling
 from common.parsing import parse_settings
 from common.privacy.accountant import AccountantName
 from common.training.config import DEFAULT_DELTA, DEFAULT_TARGET_EPSILON, TrainConfig
@@ -34,6 +35,7 @@ class FederationConfig(BaseModel):
     )
 
     model: str = BUILTIN_MODEL_ID
+    pooling: Pooling = "auto"
     labels: tuple[str, ...] = Field(min_length=2)
     strategy: StrategyName = "ffa"
     num_rounds: int = Field(default=3, ge=1)

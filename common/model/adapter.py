@@ -7,12 +7,14 @@ so loading a peer's adapter cannot execute code).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from common.errors import ModelError
+from common.fileio import atomic_write_json
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -21,6 +23,22 @@ if TYPE_CHECKING:
 AdapterState = dict[str, torch.Tensor]
 
 _ADAPTER_NAME = "default"
+MODEL_INFO_FILE = "fedtune_model.json"
+MODEL_INFO_FORMAT = "fedtune-adapter/1"
+
+
+def read_model_info(directory: Path) -> dict[str, Any]:
+    """``fedtune_model.json`` of an adapter directory ({} for adapters fedtune did not write)."""
+    path = directory / MODEL_INFO_FILE
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != MODEL_INFO_FORMAT:
+        raise ModelError(f"{path}: not a {MODEL_INFO_FORMAT} file")
+    return info
 
 
 def adapter_state(model: PeftModel) -> AdapterState:
@@ -81,8 +99,21 @@ def load_adapter_state(model: PeftModel, state: AdapterState, *, partial: bool =
 
 
 def save_adapter(model: PeftModel, directory: Path, *, base_model_name: str) -> Path:
-    """Write the adapter in standard PEFT format, recording ``base_model_name`` as its base model."""
+    """Write the adapter in standard PEFT format, recording ``base_model_name`` as its base model.
+
+    Beside PEFT's files, ``fedtune_model.json`` records what PEFT does not: the pooling and the label names.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    base_config: Any = model.get_base_model().config
+    atomic_write_json(
+        directory / MODEL_INFO_FILE,
+        {
+            "format": MODEL_INFO_FORMAT,
+            "base_model": base_model_name,
+            "pooling": getattr(base_config, "fedtune_pooling", "cls"),
+            "labels": [base_config.id2label[i] for i in range(base_config.num_labels)],
+        },
+    )
     config = model.peft_config[_ADAPTER_NAME]
     previous = config.base_model_name_or_path
     config.base_model_name_or_path = base_model_name
@@ -98,11 +129,20 @@ def save_adapter(model: PeftModel, directory: Path, *, base_model_name: str) -> 
 
 
 def load_adapter(base: PreTrainedModel, directory: Path) -> PeftModel:
-    """Load a saved adapter onto ``base`` (exactly what a user would do with peft)."""
+    """Load a saved adapter onto ``base`` with peft, first giving ``base`` the pooling the adapter was trained with."""
     from peft import PeftModel
+
+    from common.model.pooling import apply_pooling
 
     if not (directory / "adapter_config.json").is_file():
         raise ModelError(f"{directory}: not a PEFT adapter directory (no adapter_config.json)")
+    info = read_model_info(directory)
+    wanted = info.get("pooling", "cls")
+    if wanted not in ("cls", "mean"):
+        raise ModelError(f"{directory / MODEL_INFO_FILE}: unknown pooling {wanted!r}")
+    if getattr(base.config, "fedtune_pooling", "cls") != wanted:
+        apply_pooling(base, wanted)
+        base.config.fedtune_pooling = wanted
     try:
         return PeftModel.from_pretrained(base, str(directory))
     except (OSError, ValueError, RuntimeError) as exc:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import ModelError
 from common.model.builtin import BUILTIN_ALIASES, BUILTIN_MODEL_ID, builtin_model_dir
+from common.model.pooling import Pooling, apply_pooling, resolve_pooling
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,10 +52,14 @@ def load_tokenizer(ref: BaseModelRef) -> PreTrainedTokenizerBase:
         raise ModelError(f"cannot load the tokenizer of {ref.name!r}: {_first_line(exc)}") from exc
 
 
-def load_base_classifier(ref: BaseModelRef, label_names: tuple[str, ...]) -> PreTrainedModel:
+def load_base_classifier(
+    ref: BaseModelRef, label_names: tuple[str, ...], *, pooling: Pooling = "auto"
+) -> PreTrainedModel:
     """The base model with a freshly initialised classification head for ``label_names``.
 
-    The head's initialisation draws from torch's global generator: seed it first for reproducible runs.
+    ``pooling`` is resolved against the model (see :mod:`common.model.pooling`) and recorded on its config as
+    ``fedtune_pooling``. The head's initialisation draws from torch's global generator: seed it first for
+    reproducible runs.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -69,6 +74,9 @@ def load_base_classifier(ref: BaseModelRef, label_names: tuple[str, ...]) -> Pre
             )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the base model {ref.name!r}: {_first_line(exc)}") from exc
+    resolved = resolve_pooling(pooling, ref.location)
+    apply_pooling(model, resolved)
+    model.config.fedtune_pooling = resolved
     return model
 
 

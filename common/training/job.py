@@ -27,6 +27,7 @@ from common.errors import ConfigError
 from common.fileio import atomic_write_json
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
+from common.model.pooling import Pooling
 from common.privacy.accountant import get_accountant
 from common.privacy.budget import BudgetSettings
 from common.privacy.calibration import calibrate_noise_multiplier
@@ -48,6 +49,7 @@ class TrainJob(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = BUILTIN_MODEL_ID
+    pooling: Pooling = "auto"
     data: DataSpec = DataSpec()
     lora: LoraSettings = LoraSettings()
     training: TrainConfig = TrainConfig()
@@ -183,7 +185,7 @@ def run_train_job(
     tokenizer = load_tokenizer(ref)
     if job.training.seed is not None:
         torch.manual_seed(job.training.seed)  # head and LoRA initialisation
-    model = apply_lora(load_base_classifier(ref, prepared.train.label_names), job.lora)
+    model = apply_lora(load_base_classifier(ref, prepared.train.label_names, pooling=job.pooling), job.lora)
     train_data = TokenizedTexts(prepared.train, tokenizer, max_length=job.training.max_length)
     eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=job.training.max_length)
 

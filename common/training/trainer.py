@@ -203,7 +203,7 @@ def _logical_step(
     physical_batch_size: int,
 ) -> float | None:
     """One optimiser step over a logical batch; returns its mean loss (None for an empty batch)."""
-    chunks = physical_chunks(logical, physical_batch_size)
+    chunks = physical_chunks(logical, physical_batch_size, data.lengths)
     loss_sum = 0.0
     for position, chunk in enumerate(chunks):
         last = position == len(chunks) - 1

@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedtune train --out $(RUN_DIR)/train --ledger $(RUN_DIR)/ledger.jsonl
+	$(BIN)/fedtune simulate --out $(RUN_DIR)/simulate
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -112,12 +112,17 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
             p.SAMPLE_RATE: plan.sample_rate,
             p.STEPS: plan.steps,
             p.EXAMPLES_SEEN: outcome.examples_seen,
+            p.TRAIN_SECONDS: outcome.seconds,
             p.TRAIN_LOSS: outcome.final_loss if outcome.final_loss is not None else float("nan"),
         }
     )
     status = ConfigRecord({p.STATE: p.TRAINED, p.SITE_NAME: site.site_name})
     content = RecordDict(
-        {p.ARRAYS: p.adapter_to_arrays(outcome.adapter, exchanged), p.METRICS: metrics, p.STATUS: status}
+        {
+            p.ARRAYS: p.adapter_to_arrays(outcome.adapter, exchanged, dtype=config.upload_dtype),
+            p.METRICS: metrics,
+            p.STATUS: status,
+        }
     )
     return Message(content, reply_to=message)
 

@@ -62,6 +62,7 @@ def build_strategy(config: FederationConfig, model: ServerModel, global_keys: li
         max_update_norm=config.max_update_norm,
         seed=config.seed,
         federated_evaluation=config.federated_evaluation,
+        upload_dtype=config.upload_dtype,
         wait_for_sites=config.round_timeout,
     )
 

@@ -128,10 +128,11 @@ def prepare(request: SimulationRequest, config: FederationConfig) -> PreparedSim
             delta=config.delta,
             text_column=spec.text_column,
             label_column=spec.label_column,
-            evaluate=True,  # simulated sites release held-out metrics so progress is visible
+            # Simulated sites release held-out metrics (so progress is visible) whenever federated evaluation is on.
+            evaluate=config.federated_evaluation,
             seed=None if request.seed is None else request.seed * 1000 + index,
         )
-        train_size = len(dataset) - round(len(dataset) * site.eval_fraction)
+        train_size = len(dataset) - (round(len(dataset) * site.eval_fraction) if site.evaluate else 0)
         plan_steps(
             num_examples=train_size, batch_size=config.batch_size, epochs=config.local_epochs, source=str(data_path)
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,6 +23,9 @@ from common.model.pooling import Pooling
 from common.parsing import parse_settings
 from common.privacy.accountant import AccountantName
 from common.training.config import DEFAULT_DELTA, DEFAULT_TARGET_EPSILON, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
 
 StrategyName = Literal["fedavg", "ffa", "product"]
 
@@ -56,6 +59,7 @@ class FederationConfig(BaseModel):
     delta: float = Field(default=DEFAULT_DELTA, gt=0, lt=1)
     accountant: AccountantName = "prv"
     max_update_norm: float = Field(default=1000.0, gt=0)
+    upload_precision: Literal["float32", "float16"] = "float16"
     federated_evaluation: bool = True
     eval_data: str = ""  # server-side held-out file ("" = none)
     out_dir: str = "runs/federation"
@@ -101,6 +105,13 @@ class FederationConfig(BaseModel):
             seed=seed,
             device=device,
         )
+
+    @property
+    def upload_dtype(self) -> torch.dtype:
+        """The dtype sites upload their tensors in."""
+        import torch
+
+        return torch.float16 if self.upload_precision == "float16" else torch.float32
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """Flat Flower run config (kebab-case keys)."""

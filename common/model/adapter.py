@@ -132,7 +132,7 @@ def load_adapter(base: PreTrainedModel, directory: Path) -> PeftModel:
     """Load a saved adapter onto ``base`` with peft, first giving ``base`` the pooling the adapter was trained with."""
     from peft import PeftModel
 
-    from common.model.pooling import apply_pooling
+    from common.model.mean_pooler import apply_pooling
 
     if not (directory / "adapter_config.json").is_file():
         raise ModelError(f"{directory}: not a PEFT adapter directory (no adapter_config.json)")

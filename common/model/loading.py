@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from common.errors import ModelError
 from common.model.builtin import BUILTIN_ALIASES, BUILTIN_MODEL_ID, builtin_model_dir
-from common.model.pooling import Pooling, apply_pooling, resolve_pooling
+from common.model.mean_pooler import apply_pooling
+from common.model.pooling import Pooling, resolve_pooling
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -48,10 +48,27 @@ class Accountant(ABC):
             return 0.0
         if any(e.noise_multiplier == 0 for e in events):
             return math.inf
-        return self._epsilon(compose_history(events), delta)
+        history = compose_history(events)
+        key = (self.name, self._settings(), tuple(history), delta)
+        if key not in _CACHE:
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = self._epsilon(history, delta)
+        return _CACHE[key]
+
+    def _settings(self) -> tuple[float, ...]:
+        """Parameters that change the result (part of the memo key)."""
+        return ()
 
     @abstractmethod
     def _epsilon(self, history: list[tuple[float, float, int]], delta: float) -> float: ...
+
+
+# Memo of (accountant, settings, composed history, delta) -> epsilon. Epsilon is a pure function of the events, so
+# remembering it is safe; it saves repeated PRV computations (e.g. a site's spend before a round equals its spend
+# after the previous one). Bounded, first-in first-out.
+_CACHE: dict[tuple[object, ...], float] = {}
+_CACHE_SIZE = 512
 
 
 class PrvAccountant(Accountant):
@@ -69,6 +86,9 @@ class PrvAccountant(Accountant):
         self.rel_error = rel_error
         self.max_eps_error = max_eps_error
         self.min_eps_error = min_eps_error
+
+    def _settings(self) -> tuple[float, ...]:
+        return (self.rel_error, self.max_eps_error, self.min_eps_error)
 
     def _epsilon(self, history: list[tuple[float, float, int]], delta: float) -> float:
         from opacus.accountants import PRVAccountant

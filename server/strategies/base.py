@@ -83,6 +83,7 @@ class AdapterStrategy(FedAvg):
         max_update_norm: float,
         seed: int,
         federated_evaluation: bool,
+        upload_dtype: torch.dtype = torch.float32,
         wait_for_sites: float = 600.0,
     ) -> None:
         super().__init__(
@@ -101,6 +102,7 @@ class AdapterStrategy(FedAvg):
         self.sites_per_round = sites_per_round
         self.max_update_norm = max_update_norm
         self.wait_for_sites = wait_for_sites
+        self.upload_dtype = upload_dtype
         self.rng = random.Random(seed)
         self.excluded: dict[int, str] = {}  # node id -> why it is never sampled again
         self.stop_reason: str | None = None
@@ -164,7 +166,9 @@ class AdapterStrategy(FedAvg):
         report = self.last_round or RoundReport(server_round=server_round, sampled=[])
         accepted: list[dict[str, torch.Tensor]] = []
         weights: list[float] = []
-        reference = {k: self._global[k] for k in self.exchanged_keys}
+        # Updates arrive in the upload dtype; they are validated against the global in that dtype, then combined
+        # in the global's own precision.
+        reference = {k: self._global[k].to(self.upload_dtype) for k in self.exchanged_keys}
         for reply in replies:
             result = self._inspect(reply, reference)
             report.sites.append(result)
@@ -237,7 +241,8 @@ class AdapterStrategy(FedAvg):
         return nodes
 
     def _update_of(self, reply: Message) -> dict[str, torch.Tensor]:
-        return p.arrays_to_adapter(reply.content.array_records[p.ARRAYS], source=f"node {reply.metadata.src_node_id}")
+        update = p.arrays_to_adapter(reply.content.array_records[p.ARRAYS], source=f"node {reply.metadata.src_node_id}")
+        return {k: v.to(self._global[k].dtype) for k, v in update.items()}
 
     def _inspect(self, reply: Message, reference: Mapping[str, torch.Tensor]) -> SiteResult:
         node = reply.metadata.src_node_id

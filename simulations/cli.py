@@ -7,18 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from common.cli import options as opt
-from common.cli.display import console, fmt
+from common.cli import run_options as ro
+from common.cli.display import console
 from common.errors import FederationError
-from common.federation.config import FederationConfig
 from common.model.builtin import BUILTIN_MODEL_ID
-from common.parsing import parse_settings
 from common.privacy.budget import parse_limit
-from common.training.config import DEFAULT_DELTA, DEFAULT_TARGET_EPSILON
-
-_DEFAULTS = FederationConfig(labels=("a", "b"))
+from common.training.config import DEFAULT_DELTA
 
 
 def simulate(
@@ -37,37 +33,28 @@ def simulate(
     partition: Annotated[
         str, typer.Option("--partition", help="How --data is carved: iid, dirichlet:ALPHA (label skew), size:RATIO.")
     ] = "iid",
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = _DEFAULTS.num_rounds,
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="fedavg (A, B averaged), ffa (FFA-LoRA, exact), product (SVD of mean BA).")
-    ] = _DEFAULTS.strategy,
+    rounds: ro.RoundsOpt = ro.DEFAULTS.num_rounds,
+    strategy: ro.StrategyOpt = ro.DEFAULTS.strategy,
     model: opt.ModelOpt = BUILTIN_MODEL_ID,
     pooling: opt.PoolingOpt = "auto",
-    epsilon: Annotated[
-        float, typer.Option("--epsilon", help="Target epsilon per site for this run (sigma is calibrated to it).")
-    ] = DEFAULT_TARGET_EPSILON,
+    epsilon: ro.RunEpsilonOpt = ro.DEFAULTS.target_epsilon,
     delta: opt.DeltaOpt = DEFAULT_DELTA,
     site_max_epsilon: Annotated[
         str | None,
         typer.Option("--site-max-epsilon", help="Each simulated site's lifetime limit (default: --epsilon)."),
     ] = None,
-    max_grad_norm: opt.ClipOpt = _DEFAULTS.max_grad_norm,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local passes per round.")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Expected logical batch per site.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="Local learning rate.")] = _DEFAULTS.learning_rate,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens kept per text.")] = _DEFAULTS.max_length,
-    lora_r: opt.LoraROpt = _DEFAULTS.lora_r,
-    lora_alpha: opt.LoraAlphaOpt = _DEFAULTS.lora_alpha,
-    sites_per_round: Annotated[
-        int, typer.Option("--sites-per-round", help="Sites sampled per round (0 = all with budget).")
-    ] = 0,
-    min_sites: Annotated[int, typer.Option("--min-sites", help="Fewest valid updates a round needs.")] = 2,
-    max_update_norm: Annotated[
-        float, typer.Option("--max-update-norm", help="Reject updates whose L2 change exceeds this.")
-    ] = _DEFAULTS.max_update_norm,
-    federated_eval: Annotated[
-        bool, typer.Option("--federated-eval/--no-federated-eval", help="Ask sites for held-out metrics (not DP).")
-    ] = True,
+    max_grad_norm: opt.ClipOpt = ro.DEFAULTS.max_grad_norm,
+    local_epochs: ro.LocalEpochsOpt = ro.DEFAULTS.local_epochs,
+    batch_size: ro.BatchOpt = ro.DEFAULTS.batch_size,
+    lr: ro.LrOpt = ro.DEFAULTS.learning_rate,
+    max_length: ro.MaxLengthOpt = ro.DEFAULTS.max_length,
+    lora_r: opt.LoraROpt = ro.DEFAULTS.lora_r,
+    lora_alpha: opt.LoraAlphaOpt = ro.DEFAULTS.lora_alpha,
+    sites_per_round: ro.SitesPerRoundOpt = ro.DEFAULTS.sites_per_round,
+    min_sites: ro.MinSitesOpt = ro.DEFAULTS.min_sites,
+    max_update_norm: ro.MaxUpdateNormOpt = ro.DEFAULTS.max_update_norm,
+    federated_eval: ro.FederatedEvalOpt = ro.DEFAULTS.federated_evaluation,
+    upload_precision: ro.UploadPrecisionOpt = ro.DEFAULTS.upload_precision,
     text_column: opt.TextColumnOpt = "text",
     label_column: opt.LabelColumnOpt = "label",
     labels: opt.LabelsOpt = None,
@@ -92,6 +79,7 @@ def simulate(
     The run directory receives the final adapter (PEFT format), metrics.json, privacy_report.json, progress.png,
     every site's ledger, and checkpoints. The command fails if any site crashed.
     """
+    from server.progress import round_line, round_row, round_table
     from simulations.simulate import SimulationRequest, prepare, run
 
     out = out or Path("runs") / f"simulate-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -108,8 +96,7 @@ def simulate(
         gpus_per_site=gpus_per_site,
         seed=seed,
     )
-    config = parse_settings(
-        FederationConfig,
+    config = ro.federation_config(
         {
             "model": model,
             "pooling": pooling,
@@ -129,10 +116,10 @@ def simulate(
             "delta": delta,
             "max-update-norm": max_update_norm,
             "federated-evaluation": federated_eval,
+            "upload-precision": upload_precision,
             "out-dir": str(out),
             "seed": seed if seed is not None else 0,
-        },
-        context="option",
+        }
     )
     prepared = prepare(request, config)
     console.print(
@@ -140,13 +127,13 @@ def simulate(
         f"{prepared.config.num_rounds} rounds, target epsilon {prepared.config.target_epsilon:g} per site, "
         f"run directory {out}"
     )
-    table = _round_table()
+    table = round_table()
     with console.status("starting the simulation engine (Ray)...") as status:
 
         def on_round(record: dict[str, Any]) -> None:
-            row = _round_row(record)
+            row = round_row(record)
             table.add_row(*row)
-            console.print("  ".join(f"{h}={v}" for h, v in zip(_HEADERS, row, strict=True)))
+            console.print(round_line(row))
             status.update(f"round {record['round']} of {prepared.config.num_rounds} done")
 
         result = run(prepared, request, on_round=on_round)
@@ -157,37 +144,6 @@ def simulate(
     if not result.ok:
         names = ", ".join(sorted({f"{c['site_name']} (round {c['round']}): {c['reason']}" for c in result.crashes}))
         raise FederationError(f"{len(result.crashes)} site crash(es) during the simulation: {names}")
-
-
-_HEADERS = ("round", "trained", "refused", "rejected", "crashed", "train loss", "server acc", "sites acc", "epsilon")
-
-
-def _round_table() -> Table:
-    table = Table(title="Rounds", title_justify="left")
-    for header in _HEADERS:
-        table.add_column(header, justify="right")
-    return table
-
-
-def _round_row(record: dict[str, Any]) -> tuple[str, ...]:
-    sites = record.get("sites", [])
-    count = {s: sum(site["status"] == s for site in sites) for s in ("trained", "refused", "rejected", "crashed")}
-    spent = [site["metrics"].get("epsilon-spent") for site in sites if site["metrics"].get("epsilon-spent") is not None]
-    train = record.get("train") or {}
-    server = record.get("server_eval") or {}
-    federated = record.get("federated_eval") or {}
-    epsilon = f"{min(spent):.3g}..{max(spent):.3g}" if spent else "-"
-    return (
-        str(record["round"]),
-        str(count["trained"]),
-        str(count["refused"]),
-        str(count["rejected"]),
-        str(count["crashed"]),
-        fmt(train.get("train-loss")),
-        fmt(server.get("accuracy")),
-        fmt(federated.get("accuracy")),
-        epsilon,
-    )
 
 
 def register(app: typer.Typer) -> None:

@@ -57,10 +57,11 @@ def _root(
 
 
 def _register_commands() -> None:
-    from common.cli import audit, sample, train
+    from common.cli import audit, certs, sample, train
 
     train.register(app)
     audit.register(app)
+    certs.register(app)
     sample.register(app)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         entry.load()(app)

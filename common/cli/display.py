@@ -13,6 +13,12 @@ from rich.table import Table
 
 # Output that is not a terminal (a file, a pipe, CI logs) gets a fixed, wide layout instead of rich's 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
+_err_console = Console(stderr=True)
+
+
+def err_console_warning(message: str) -> None:
+    """A prominent warning on stderr."""
+    _err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
 
 
 class TrainingProgress:

@@ -1,0 +1,95 @@
+"""``fedtune client start``: one data-owning site joins a federation (a Flower SuperNode with its own settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.cli import options as opt
+from common.cli.display import console, err_console_warning
+from common.parsing import parse_settings
+from common.privacy.budget import DEFAULT_MAX_EPSILON, parse_limit
+from common.training.config import DEFAULT_DELTA
+
+client_app = typer.Typer(
+    help="Run a data-owning site (Flower SuperNode + the fedtune ClientApp).", no_args_is_help=True
+)
+
+
+@client_app.command("start")
+def start(
+    superlink: Annotated[str, typer.Option("--superlink", help="HOST:PORT of the federation's SuperLink.")],
+    data: Annotated[Path, typer.Option("--data", help="This site's labelled data (never leaves the site).")],
+    ledger: Annotated[Path, typer.Option("--ledger", help="This site's privacy ledger.")],
+    ca: Annotated[Path | None, typer.Option("--ca", help="The federation's CA certificate (ca.pem).")] = None,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="This site's private key (from `fedtune certs node-key`).")
+    ] = None,
+    max_epsilon: opt.MaxEpsilonOpt = str(DEFAULT_MAX_EPSILON),
+    delta: opt.DeltaOpt = DEFAULT_DELTA,
+    site_name: Annotated[str, typer.Option("--site-name", help="Name in the server's reports.")] = "site",
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate", help="Release held-out metrics to the server (NOT differentially private).")
+    ] = False,
+    text_column: opt.TextColumnOpt = "text",
+    label_column: opt.LabelColumnOpt = "label",
+    signing_key: opt.SigningKeyOpt = None,
+    device: opt.DeviceOpt = "auto",
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext, no authentication. Never for real data.")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", help="Local port of this SuperNode's runtime API.")] = 9094,
+    max_retries: Annotated[int, typer.Option("--max-retries", help="Reconnection attempts before giving up.")] = 10,
+    trusted_entities: Annotated[
+        Path | None,
+        typer.Option(
+            "--trusted-entities",
+            help="YAML of public keys whose signed app bundles this site accepts (see docs/security.md).",
+        ),
+    ] = None,
+) -> None:
+    """Join a federation as one site. The data path, ledger, epsilon limit and delta are this site's alone.
+
+    Refuses to start, before connecting, if the data fails validation, the ledger is corrupt or already exhausted,
+    or the SuperLink's certificate does not verify against --ca.
+    """
+    from client.deploy import ClientLaunch, preflight, run_supernode
+    from common.federation.site import SiteSettings
+
+    site = parse_settings(
+        SiteSettings,
+        {
+            "site_name": site_name,
+            "data_path": data.resolve(),
+            "ledger_path": ledger.resolve(),
+            "max_epsilon": parse_limit(max_epsilon),
+            "delta": delta,
+            "signing_key": signing_key.resolve() if signing_key else None,
+            "text_column": text_column,
+            "label_column": label_column,
+            "evaluate": evaluate,
+            "device": device,
+        },
+        context="option",
+    )
+    if insecure:
+        err_console_warning("--insecure: traffic is NOT encrypted and the server is NOT authenticated.")
+    launch = ClientLaunch(
+        superlink=superlink,
+        ca=ca.resolve() if ca else None,
+        key=key.resolve() if key else None,
+        insecure=insecure,
+        runtime_port=port,
+        max_retries=max_retries,
+        trusted_entities=trusted_entities.resolve() if trusted_entities else None,
+    )
+    security = preflight(site, launch)
+    console.print(f"[bold]fedtune client[/] {site.site_name}: checks passed; joining {superlink} over {security}")
+    raise typer.Exit(run_supernode(site, launch))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``client`` group to the root command."""
+    app.add_typer(client_app, name="client")

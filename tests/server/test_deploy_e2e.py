@@ -1,0 +1,209 @@
+"""Deployment on loopback: certificates, a TLS SuperLink with node authentication, two SuperNodes, two rounds.
+
+Also: an unenrolled key is refused, a SuperNode trusting the wrong CA cannot connect, private keys are 0600 and no
+secret appears in any log. Bounded in time; marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from common.privacy.ledger import PrivacyLedger
+from tests.helpers import write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fedtune(*args: str) -> list[str]:
+    return [sys.executable, "-m", "common.cli.app", *args]
+
+
+def sample_file(path, size, seed):
+    from common.data.sample import sample_dataset
+
+    data = sample_dataset(size, seed=seed)
+    return write_jsonl(
+        path, [{"text": t, "label": data.label_names[y]} for t, y in zip(data.texts, data.labels, strict=True)]
+    )
+
+
+def flower_processes() -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in listing if "flower-super" in line and "<defunct>" not in line]
+
+
+def test_tls_federation_with_node_authentication(tiny_model_dir, tmp_path):
+    run = lambda *a: subprocess.run(fedtune(*a), capture_output=True, text=True, timeout=60)  # noqa: E731
+    assert run("certs", "init", "--out", str(tmp_path / "certs")).returncode == 0
+    assert run("certs", "init", "--out", str(tmp_path / "wrong-ca")).returncode == 0
+    for name in ("site-a", "site-b", "intruder"):
+        assert run("certs", "node-key", name, "--out", str(tmp_path / "keys")).returncode == 0
+    data = {s: sample_file(tmp_path / f"{s}.jsonl", 300, seed) for s, seed in (("site-a", 1), ("site-b", 2))}
+    evaluation = sample_file(tmp_path / "eval.jsonl", 120, 3)
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    out = tmp_path / "run"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    server = subprocess.Popen(
+        fedtune(
+            "server",
+            "start",
+            "--out",
+            str(out),
+            "--certs",
+            str(tmp_path / "certs"),
+            "--enroll",
+            str(tmp_path / "keys" / "site-a.pub"),
+            "--enroll",
+            str(tmp_path / "keys" / "site-b.pub"),
+            "--port",
+            str(port),
+            "--model",
+            str(tiny_model_dir),
+            "--rounds",
+            "2",
+            "--max-length",
+            "24",
+            "--batch-size",
+            "32",
+            "--eval-data",
+            str(evaluation),
+            "--no-federated-eval",
+        ),
+        stdout=(logs / "server.out").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    clients = []
+    try:
+        # Sites join once the server has enrolled their keys (a key not yet enrolled is refused, by design).
+        deadline = time.monotonic() + 120
+        while "waiting for sites" not in (logs / "server.out").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, (logs / "server.out").read_text()
+            time.sleep(0.5)
+        for name in ("site-a", "site-b"):
+            clients.append(
+                subprocess.Popen(
+                    fedtune(
+                        "client",
+                        "start",
+                        "--superlink",
+                        superlink,
+                        "--data",
+                        str(data[name]),
+                        "--ledger",
+                        str(tmp_path / f"{name}-ledger.jsonl"),
+                        "--ca",
+                        str(tmp_path / "certs" / "ca.pem"),
+                        "--key",
+                        str(tmp_path / "keys" / f"{name}.key"),
+                        "--site-name",
+                        name,
+                        "--port",
+                        str(free_port()),
+                        "--max-epsilon",
+                        "8",
+                    ),
+                    stdout=(logs / f"{name}.out").open("w"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+        # A SuperNode that trusts another CA cannot connect: clear error, non-zero exit, before any SuperNode starts.
+        wrong = subprocess.run(
+            fedtune(
+                "client",
+                "start",
+                "--superlink",
+                superlink,
+                "--data",
+                str(data["site-a"]),
+                "--ledger",
+                str(tmp_path / "x-ledger.jsonl"),
+                "--ca",
+                str(tmp_path / "wrong-ca" / "ca.pem"),
+                "--key",
+                str(tmp_path / "keys" / "site-a.key"),
+                "--port",
+                str(free_port()),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert wrong.returncode == 5, wrong.stderr
+        assert "does not verify against" in wrong.stderr
+
+        # An unenrolled key is refused by the SuperLink.
+        intruder = subprocess.run(
+            fedtune(
+                "client",
+                "start",
+                "--superlink",
+                superlink,
+                "--data",
+                str(data["site-b"]),
+                "--ledger",
+                str(tmp_path / "intruder-ledger.jsonl"),
+                "--ca",
+                str(tmp_path / "certs" / "ca.pem"),
+                "--key",
+                str(tmp_path / "keys" / "intruder.key"),
+                "--port",
+                str(free_port()),
+                "--max-retries",
+                "1",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert intruder.returncode == 6, intruder.stderr[-2000:]
+        assert "enrolled" in intruder.stderr
+
+        assert server.wait(timeout=420) == 0, (logs / "server.out").read_text()[-3000:]
+    finally:
+        for process in [server, *clients]:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+    printed = (logs / "server.out").read_text()
+    assert "TLS + SuperNode authentication" in printed and "round=2" in printed
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert sorted(report["sites"]) == ["site-a", "site-b"]
+    for name in ("site-a", "site-b"):
+        ledger = PrivacyLedger(tmp_path / f"{name}-ledger.jsonl").snapshot()
+        assert len(ledger.reservations()) == 2 and len(ledger.committed) == 2
+    assert not (tmp_path / "intruder-ledger.jsonl").exists()
+
+    for key in [*(tmp_path / "keys").glob("*.key"), *(tmp_path / "certs").glob("*.key")]:
+        assert os.stat(key).st_mode & 0o777 == 0o600, key
+    secrets = [key.read_text().strip().splitlines()[1] for key in (tmp_path / "keys").glob("*.key")]
+    secrets += [key.read_text().strip().splitlines()[1] for key in (tmp_path / "certs").glob("*.key")]
+    everything = "".join(p.read_text(errors="replace") for p in [*logs.iterdir(), *out.glob("*.log")])
+    assert "PRIVATE KEY" not in everything
+    assert not any(secret in everything for secret in secrets)
+
+    deadline = time.monotonic() + 30
+    while flower_processes() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not flower_processes(), flower_processes()

@@ -75,7 +75,49 @@ def test_tls_and_node_authentication_everywhere(compose):
         assert not any(other in m for m in mounts), "a site never sees another site's key or data"
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-def test_docker_compose_config_validates():
-    result = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+def compose_binary() -> str | None:
+    """docker-compose on PATH, else the one `make test` installs into .venv-compose (see the Makefile)."""
+    local = ROOT / ".venv-compose" / "bin" / "docker-compose"
+    return shutil.which("docker-compose") or (str(local) if local.is_file() else None)
+
+
+@pytest.mark.skipif(compose_binary() is None, reason="docker-compose is not installed (`make test` installs it)")
+def test_docker_compose_config_validates(tmp_path):
+    """The Compose tool's own schema accepts the file, and rejects a one-letter typo in it (so it really checks)."""
+    binary = compose_binary()
+    assert binary is not None
+
+    def validate(directory: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([binary, "config", "-q"], cwd=directory, capture_output=True, text=True, timeout=120)
+
+    result = validate(ROOT)
     assert result.returncode == 0, result.stderr
+    broken = (ROOT / "docker-compose.yml").read_text().replace("    restart: on-failure", "    restrat: on-failure", 1)
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    result = validate(tmp_path)
+    assert result.returncode != 0 and "restrat" in result.stderr
+
+
+def test_service_commands_parse_with_the_fedtune_cli(compose):
+    """Every fedtune service's command line is accepted by the CLI it runs (option names, types, required options)."""
+    import click
+    import typer
+
+    from common.cli.app import app
+
+    root = typer.main.get_command(app)
+    checked = 0
+    for name, service in compose["services"].items():
+        if service.get("image", "").startswith("nginx"):
+            continue
+        path = service["command"][:2]
+        group = root
+        context = click.Context(root)
+        for word in path:
+            assert isinstance(group, click.Group)
+            command = group.get_command(context, word)
+            assert command is not None, f"{name}: fedtune has no command {path}"
+            group = command
+        group.make_context(" ".join(path), list(service["command"][2:]))  # raises on an unknown or bad option
+        checked += 1
+    assert checked == 3

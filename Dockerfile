@@ -11,8 +11,11 @@ COPY common ./common
 COPY client ./client
 COPY server ./server
 COPY simulations ./simulations
+# The mount points of the named volumes exist and belong to the unprivileged user, so fresh volumes inherit that.
 RUN pip install --no-cache-dir -e . \
-    && useradd --create-home --uid 10001 fedtune
+    && useradd --create-home --uid 10001 fedtune \
+    && mkdir -p /ledger /srv/federation \
+    && chown fedtune:fedtune /ledger /srv/federation
 USER fedtune
 ENTRYPOINT ["fedtune"]
 CMD ["--help"]

@@ -10,14 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
 
 from common.training.batches import TokenizedTexts
 
@@ -65,6 +57,10 @@ def classification_metrics(labels: np.ndarray, proba: np.ndarray) -> EvalMetrics
     Macro averages run over the classes present in the labels or predictions (scikit-learn's default), so a
     class absent from a site's held-out data does not count as a zero.
     """
+    # Imported here: scikit-learn costs over a second to import, and a deployed site starts a fresh process for
+    # every round (Flower 1.41), most of which only train.
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, recall_score, roc_auc_score
+
     num_labels = proba.shape[1]
     classes = list(range(num_labels))
     predictions = proba.argmax(axis=1)

@@ -48,6 +48,7 @@ class ClientLaunch:
     runtime_port: int = 9094
     max_retries: int = 10
     connect_timeout: float = 60.0
+    threads: int | None = None  # CPU threads of the ClientApps (OMP_NUM_THREADS, inherited by every process)
     trusted_entities: Path | None = None  # only app bundles signed by these keys may run (Flower's --trusted-entities)
 
 
@@ -108,6 +109,15 @@ def supernode_command(site: SiteSettings, launch: ClientLaunch) -> list[str]:
     return [*command, "--root-certificates", str(launch.ca), "--auth-supernode-private-key", str(launch.key)]
 
 
+def supernode_environment(launch: ClientLaunch) -> dict[str, str]:
+    """The SuperNode's environment; its SuperExec and every ClientApp process inherit it.
+
+    torch sizes its CPU thread pool from OMP_NUM_THREADS when it starts: the only way to reach the ClientApp
+    processes a SuperNode starts for each message.
+    """
+    return flower_environment({"OMP_NUM_THREADS": str(launch.threads)} if launch.threads else None)
+
+
 def run_supernode(site: SiteSettings, launch: ClientLaunch) -> int:
     """Run the SuperNode in the foreground until it exits (Ctrl-C or SIGTERM stops it and its ClientApps).
 
@@ -117,7 +127,7 @@ def run_supernode(site: SiteSettings, launch: ClientLaunch) -> int:
     process = subprocess.Popen(
         supernode_command(site, launch),
         start_new_session=True,
-        env=flower_environment(),
+        env=supernode_environment(launch),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

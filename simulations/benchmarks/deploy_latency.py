@@ -6,7 +6,10 @@ seed; the round durations come from each run's metrics.json, timed identically b
 (deployed, simulated, deployed, ...); round 1 carries start-up (processes, model loading, noise calibration) and is
 reported apart; the ratio is of the medians of the later rounds. Each site also reports its pure training time, which
 separates training from transport and process overhead (a Flower 1.41 SuperNode starts a fresh ClientApp process,
-which imports torch and loads the model, for every message; the simulation keeps its workers).
+which imports torch and loads the model, for every message; the simulation keeps its workers). The deployed sites
+share this one machine, so each gets its own share of the cores (CPU affinity and `--threads`), standing for a
+machine of its own; the simulation runs one site at a time on all cores. (Without the split, the sites' torch
+thread pools contend and site training was measured 10x slower than simulated.)
 
     python -m simulations.benchmarks.deploy_latency [--model DIR|ID] [--rounds 4] [--repeats 2] [--site-size 400]
 """
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +85,20 @@ def _fedtune(*args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def _cores(index: int, sites: int) -> set[int]:
+    """A site's share of the machine's cores: on one host the sites stand for separate machines."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    share = max(1, len(cores) // sites)
+    return set(cores[(index * share) % len(cores) :][:share])
+
+
+def _pin(index: int, sites: int) -> Callable[[], None] | None:
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = _cores(index, sites)
+    return lambda: os.sched_setaffinity(0, cores)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,18 +137,19 @@ def _deployed(work: Path, out: Path, common: list[str]) -> dict[str, list[float]
             if server.poll() is not None:
                 raise SystemExit(f"fedtune server start failed; see {log.name}")
             time.sleep(0.5)
-        for name in ("site-a", "site-b"):
+        for index, name in enumerate(("site-a", "site-b")):
             site = [
                 *("client", "start", "--superlink", f"127.0.0.1:{port}", "--site-name", name),
                 *("--ca", str(work / "certs" / "ca.pem"), "--key", str(work / "keys" / f"{name}.key")),
                 *("--data", str(work / f"{name}.jsonl"), "--ledger", str(out.with_name(f"{out.name}-{name}.jsonl"))),
-                *("--max-epsilon", "100", "--port", str(_free_port())),
+                *("--max-epsilon", "100", "--port", str(_free_port()), "--threads", str(len(_cores(index, 2)))),
             ]
             clients.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "common.cli.app", *site],
                     stdout=(work / f"{out.name}-{name}.log").open("w"),
                     stderr=subprocess.STDOUT,
+                    preexec_fn=_pin(index, sites=2),
                 )
             )
         if server.wait(timeout=3600) != 0:

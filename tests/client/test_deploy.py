@@ -84,3 +84,17 @@ def test_cli_reports_one_line_and_exit_code(sample_jsonl, tmp_path, capsys):
     assert info.value.code == 3
     err = capsys.readouterr().err
     assert "refusing to start" in err and "Traceback" not in err
+
+
+def test_threads_reach_the_clientapp_processes(tmp_path, monkeypatch):
+    """--threads travels in the environment every process under the SuperNode inherits, and torch obeys it."""
+    import subprocess
+    import sys
+
+    from client.deploy import supernode_environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert "OMP_NUM_THREADS" not in supernode_environment(ClientLaunch(superlink=NOWHERE, ca=None, key=None))
+    env = supernode_environment(ClientLaunch(superlink=NOWHERE, ca=None, key=None, threads=1))
+    probe = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "1"

@@ -10,23 +10,21 @@ from common.errors import CertificateError
 
 def write_private(path: Path, data: bytes) -> Path:
     """Create ``path`` with mode 0600 (refusing to overwrite) and write ``data`` to it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise CertificateError(f"{path}: file exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    return path
+    return _create(path, data, 0o600, "refusing to overwrite a key")
 
 
 def write_public(path: Path, data: bytes) -> Path:
     """Create ``path`` (mode 0644, refusing to overwrite) with public material (a certificate or public key)."""
+    return _create(path, data, 0o644, "refusing to overwrite it")
+
+
+def _create(path: Path, data: bytes, mode: int, refusal: str) -> Path:
+    # O_EXCL with the mode at creation: the file never exists with looser permissions, not even for an instant.
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
-        raise CertificateError(f"{path}: file exists; refusing to overwrite it") from None
+        raise CertificateError(f"{path}: file exists; {refusal}") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     return path

@@ -7,28 +7,21 @@ LoRA bytes travel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
-
-from server.strategies.aggregation import LORA_A, average_keys
-from server.strategies.base import AdapterStrategy
+from server.strategies.aggregation import LORA_A
+from server.strategies.fedavg import LoraFedAvg
 
 
-class FfaLora(AdapterStrategy):
-    """Exchange and average B and the head; A never changes."""
+class FfaLora(LoraFedAvg):
+    """Exchange and average B and the head (fedavg's weighted mean over fewer tensors); A never changes.
+
+    The combination is fedavg's, unchanged: with A left out of the exchange it is carried over from the current
+    adapter, which is what makes the mean exact.
+    """
 
     name = "ffa"
 
     def select_exchanged(self, global_keys: Sequence[str], trainable: frozenset[str]) -> list[str]:
         """Everything trainable except the frozen A matrices."""
         return [k for k in global_keys if k in trainable and LORA_A not in k]
-
-    def combine(
-        self,
-        current: Mapping[str, torch.Tensor],
-        updates: Sequence[Mapping[str, torch.Tensor]],
-        weights: Sequence[float],
-    ) -> dict[str, torch.Tensor]:
-        """Weighted mean of B and the head; A carried over unchanged."""
-        return {**current, **average_keys(updates, weights, self.exchanged_keys)}

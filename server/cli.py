@@ -79,30 +79,13 @@ def start(
         )
     out = out.resolve()
     config = ro.federation_config(
+        locals(),  # the shared run options, by parameter name
         {
-            "model": model,
-            "pooling": pooling,
             "labels": _labels(labels, eval_data),
-            "strategy": strategy,
-            "num-rounds": rounds,
-            "sites-per-round": sites_per_round,
-            "min-sites": min_sites,
-            "local-epochs": local_epochs,
-            "batch-size": batch_size,
-            "learning-rate": lr,
-            "max-length": max_length,
-            "lora-r": lora_r,
-            "lora-alpha": lora_alpha,
-            "max-grad-norm": max_grad_norm,
-            "target-epsilon": epsilon,
-            "delta": delta,
-            "max-update-norm": max_update_norm,
-            "federated-evaluation": federated_eval,
-            "upload-precision": upload_precision,
             "eval-data": str(eval_data.resolve()) if eval_data else "",
             "out-dir": str(out),
             "seed": seed,
-        }
+        },
     )
     launch = ServerLaunch(
         out=out,

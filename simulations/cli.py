@@ -97,29 +97,12 @@ def simulate(
         seed=seed,
     )
     config = ro.federation_config(
+        locals(),  # the shared run options, by parameter name
         {
-            "model": model,
-            "pooling": pooling,
             "labels": ("pending", "labels"),  # replaced by the data's label set in prepare()
-            "strategy": strategy,
-            "num-rounds": rounds,
-            "sites-per-round": sites_per_round,
-            "min-sites": min_sites,
-            "local-epochs": local_epochs,
-            "batch-size": batch_size,
-            "learning-rate": lr,
-            "max-length": max_length,
-            "lora-r": lora_r,
-            "lora-alpha": lora_alpha,
-            "max-grad-norm": max_grad_norm,
-            "target-epsilon": epsilon,
-            "delta": delta,
-            "max-update-norm": max_update_norm,
-            "federated-evaluation": federated_eval,
-            "upload-precision": upload_precision,
             "out-dir": str(out),
             "seed": seed if seed is not None else 0,
-        }
+        },
     )
     prepared = prepare(request, config)
     console.print(

@@ -6,6 +6,7 @@ config by :func:`federation_config`, so both commands spell, document and valida
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
@@ -42,13 +43,37 @@ UploadPrecisionOpt = Annotated[
 ]
 
 
-def federation_config(values: dict[str, Any]) -> FederationConfig:
-    """FederationConfig from CLI values keyed by run-config names (``num-rounds``...), naming options in errors."""
-    names = {
-        "num-rounds": "--rounds",
-        "target-epsilon": "--epsilon",
-        "learning-rate": "--lr",
-        "federated-evaluation": "--federated-eval",
-    }
-    names.update({key: f"--{key}" for key in values if key not in names})
+#: The options both commands declare: the command's parameter name -> the run-config key it sets. The option's flag is
+#: the parameter name with dashes (``federated_eval`` -> ``--federated-eval``), which is how errors name it.
+SHARED_OPTIONS = {
+    "model": "model",
+    "pooling": "pooling",
+    "strategy": "strategy",
+    "rounds": "num-rounds",
+    "sites_per_round": "sites-per-round",
+    "min_sites": "min-sites",
+    "local_epochs": "local-epochs",
+    "batch_size": "batch-size",
+    "lr": "learning-rate",
+    "max_length": "max-length",
+    "lora_r": "lora-r",
+    "lora_alpha": "lora-alpha",
+    "max_grad_norm": "max-grad-norm",
+    "epsilon": "target-epsilon",
+    "delta": "delta",
+    "max_update_norm": "max-update-norm",
+    "federated_eval": "federated-evaluation",
+    "upload_precision": "upload-precision",
+}
+
+
+def federation_config(options: Mapping[str, Any], run_config: Mapping[str, Any]) -> FederationConfig:
+    """FederationConfig from a command's parameters and the values it sets itself; errors name the option.
+
+    ``options`` holds the shared options by parameter name (a command passes its ``locals()``); ``run_config`` the
+    command's own values by run-config name (labels, out-dir, seed...).
+    """
+    values = {key: options[parameter] for parameter, key in SHARED_OPTIONS.items()} | dict(run_config)
+    names = {key: "--" + parameter.replace("_", "-") for parameter, key in SHARED_OPTIONS.items()}
+    names.update({key: f"--{key}" for key in run_config})
     return parse_settings(FederationConfig, values, context="option", names=names)

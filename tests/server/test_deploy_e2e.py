@@ -31,6 +31,12 @@ def fedtune(*args: str) -> list[str]:
     return [sys.executable, "-m", "common.cli.app", *args]
 
 
+def client_start(superlink, data, ledger, ca, key, *extra: str) -> list[str]:
+    """`fedtune client start` for one site, on a free local port."""
+    site = ["--superlink", superlink, "--data", str(data), "--ledger", str(ledger), "--ca", str(ca), "--key", str(key)]
+    return fedtune("client", "start", *site, "--port", str(free_port()), *extra)
+
+
 def sample_file(path, size, seed):
     from common.data.sample import sample_dataset
 
@@ -98,25 +104,13 @@ def test_tls_federation_with_node_authentication(tiny_model_dir, tmp_path):
         for name in ("site-a", "site-b"):
             clients.append(
                 subprocess.Popen(
-                    fedtune(
-                        "client",
-                        "start",
-                        "--superlink",
+                    client_start(
                         superlink,
-                        "--data",
-                        str(data[name]),
-                        "--ledger",
-                        str(tmp_path / f"{name}-ledger.jsonl"),
-                        "--ca",
-                        str(tmp_path / "certs" / "ca.pem"),
-                        "--key",
-                        str(tmp_path / "keys" / f"{name}.key"),
-                        "--site-name",
-                        name,
-                        "--port",
-                        str(free_port()),
-                        "--max-epsilon",
-                        "8",
+                        data[name],
+                        tmp_path / f"{name}-ledger.jsonl",
+                        tmp_path / "certs" / "ca.pem",
+                        tmp_path / "keys" / f"{name}.key",
+                        *("--site-name", name, "--max-epsilon", "8"),
                     ),
                     stdout=(logs / f"{name}.out").open("w"),
                     stderr=subprocess.STDOUT,
@@ -125,21 +119,12 @@ def test_tls_federation_with_node_authentication(tiny_model_dir, tmp_path):
 
         # A SuperNode that trusts another CA cannot connect: clear error, non-zero exit, before any SuperNode starts.
         wrong = subprocess.run(
-            fedtune(
-                "client",
-                "start",
-                "--superlink",
+            client_start(
                 superlink,
-                "--data",
-                str(data["site-a"]),
-                "--ledger",
-                str(tmp_path / "x-ledger.jsonl"),
-                "--ca",
-                str(tmp_path / "wrong-ca" / "ca.pem"),
-                "--key",
-                str(tmp_path / "keys" / "site-a.key"),
-                "--port",
-                str(free_port()),
+                data["site-a"],
+                tmp_path / "x-ledger.jsonl",
+                tmp_path / "wrong-ca" / "ca.pem",
+                tmp_path / "keys" / "site-a.key",
             ),
             capture_output=True,
             text=True,
@@ -150,23 +135,13 @@ def test_tls_federation_with_node_authentication(tiny_model_dir, tmp_path):
 
         # An unenrolled key is refused by the SuperLink.
         intruder = subprocess.run(
-            fedtune(
-                "client",
-                "start",
-                "--superlink",
+            client_start(
                 superlink,
-                "--data",
-                str(data["site-b"]),
-                "--ledger",
-                str(tmp_path / "intruder-ledger.jsonl"),
-                "--ca",
-                str(tmp_path / "certs" / "ca.pem"),
-                "--key",
-                str(tmp_path / "keys" / "intruder.key"),
-                "--port",
-                str(free_port()),
-                "--max-retries",
-                "1",
+                data["site-b"],
+                tmp_path / "intruder-ledger.jsonl",
+                tmp_path / "certs" / "ca.pem",
+                tmp_path / "keys" / "intruder.key",
+                *("--max-retries", "1"),
             ),
             capture_output=True,
             text=True,

@@ -21,7 +21,7 @@ COMPOSE_DEPS  := "PyYAML>=6" docopt "jsonschema<4" texttable "websocket-client<1
 PIP        := $(BIN)/python -m pip --disable-pip-version-check
 RUN_DIR    ?= runs/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run test test-fast lint app-config clean
 
 # Best effort: without it the compose validation test skips with a reason; nothing else depends on it.
 $(COMPOSE_STAMP):
@@ -48,9 +48,13 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check common client server simulations tests
-	$(BIN)/ruff format --check common client server simulations tests
-	$(BIN)/mypy common client server simulations
+	$(BIN)/ruff check cli common client server simulations tests
+	$(BIN)/ruff format --check cli common client server simulations tests
+	$(BIN)/mypy cli common client server simulations
+
+# pyproject's [tool.flwr.app.config] is generated from the run-config model (the defaults live there only).
+app-config: $(STAMP)
+	$(BIN)/python -m server.app_config
 
 clean:
 	rm -rf $(VENV) $(COMPOSE_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

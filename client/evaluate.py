@@ -31,7 +31,9 @@ def evaluate_round(message: Message, context: Context, *, run_config: Mapping[st
     data = site_data(site, config, runtime.tokenizer)
     assert data.eval is not None  # a site that evaluates always holds out a split
     load_adapter_state(runtime.model, p.arrays_to_adapter(message.content.array_records[p.ARRAYS], source="server"))
-    metrics = evaluate(runtime.model, data.eval, batch_size=config.batch_size, device=resolve_device(site.device))
+    metrics = evaluate(
+        runtime.model, data.eval, batch_size=config.training.eval_batch_size, device=resolve_device(site.device)
+    )
     record = MetricRecord(
         {
             p.NUM_EXAMPLES: metrics.num_examples,

@@ -74,7 +74,7 @@ def site_data(site: SiteSettings, config: FederationConfig, tokenizer: PreTraine
         stat and (stat.st_size, stat.st_mtime_ns),
         site.model_dump_json(),
         config.labels,
-        config.max_length,
+        config.training.max_length,
         config.model,
     )
     with _lock:
@@ -89,8 +89,8 @@ def site_data(site: SiteSettings, config: FederationConfig, tokenizer: PreTraine
             if len(_data) >= _MAX_CACHED_SITES:
                 _data.pop(next(iter(_data)))
             _data[key] = SiteData(
-                train=TokenizedTexts(train, tokenizer, max_length=config.max_length),
-                eval=TokenizedTexts(held_out, tokenizer, max_length=config.max_length) if held_out else None,
+                train=TokenizedTexts(train, tokenizer, max_length=config.training.max_length),
+                eval=TokenizedTexts(held_out, tokenizer, max_length=config.training.max_length) if held_out else None,
                 fingerprint=source.fingerprint,
                 dataset_id=f"{site.site_name}:{path.name}",
             )

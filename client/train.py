@@ -60,8 +60,8 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
 
     plan = plan_steps(
         num_examples=len(data.train),
-        batch_size=config.batch_size,
-        epochs=config.local_epochs,
+        batch_size=config.training.batch_size,
+        epochs=config.training.epochs,
         source=str(site.data_path),
     )
     ledger = site.budget.open_ledger()
@@ -90,10 +90,11 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     outcome = train_adapter(
         runtime.model,
         data.train,
-        config=config.train_config(seed=_round_seed(site, server_round), device=site.device),
+        config=config.training,
         plan=plan,
         dp=DpSgdParams(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm),
         device=resolve_device(site.device),
+        seed=_round_seed(site, server_round),
     )
     if outcome.event != event:
         raise RuntimeError(f"trained {outcome.event} but reserved {event}")

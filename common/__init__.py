@@ -1,7 +1,7 @@
-"""fedtune's bottom layer: data, models, private training, privacy accounting and the CLI front door.
+"""fedtune's bottom layer: data, models, private training, privacy accounting and the federation protocol.
 
-Invariant: ``common`` imports none of ``client``, ``server`` or ``simulations``; those packages extend the CLI
-through the ``fedtune.commands`` entry-point group instead (see :mod:`common.cli.app`).
+Invariant: ``common`` imports none of ``cli``, ``client``, ``server`` or ``simulations``, and no terminal UI library
+(typer, rich); ``tests/common/test_layering.py`` checks this in a fresh interpreter.
 """
 
 __version__ = "0.1.0"

@@ -36,7 +36,7 @@ class ServerModel:
         self._eval: TokenizedTexts | None = None
         if config.eval_data:
             dataset = read_labeled_file(Path(config.eval_data), DataSpec(labels=config.labels))
-            self._eval = TokenizedTexts(dataset, self.tokenizer, max_length=config.max_length)
+            self._eval = TokenizedTexts(dataset, self.tokenizer, max_length=config.training.max_length)
 
     def initial_state(self) -> dict[str, torch.Tensor]:
         """The round-0 global adapter."""
@@ -52,7 +52,7 @@ class ServerModel:
         if self._eval is None:
             return None
         load_adapter_state(self.model, dict(state))
-        return evaluate(self.model, self._eval, batch_size=64, device=self.device)
+        return evaluate(self.model, self._eval, batch_size=self.config.training.eval_batch_size, device=self.device)
 
     def save(self, state: Mapping[str, torch.Tensor], directory: Path) -> Path:
         """Write ``state`` in standard PEFT format."""

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +33,15 @@ from common.data.sample import sample_dataset
 from common.data.spec import DataSpec
 from common.data.split import train_eval_split
 from common.errors import ConfigError, FederationError
-from common.federation.config import FederationConfig
+from common.federation.config import FederationConfig, parse_run_config
 from common.federation.site import SiteSettings
 from common.fileio import atomic_write_bytes, atomic_write_json
 from common.training.batches import plan_steps
+from common.training.config import DEFAULT_EVAL_FRACTION
 
 SITES_FILE = "sites.json"
 RUN_CONFIG_FILE = "run_config.json"
+SERVER_EVAL_FILE = "server/eval.jsonl"
 
 
 class SimulationRequest(BaseModel):
@@ -61,6 +63,29 @@ class SimulationRequest(BaseModel):
 
 
 @dataclass(frozen=True)
+class SimulationSources:
+    """The validated data of a simulation, before any partition or write: what decides the run's label set.
+
+    ``site_sets`` holds one dataset per site (``--site-data``) or, with ``pooled``, the single pool to carve
+    (``--data``); ``server_eval`` is the server's held-out data (None with a pool: split from it); ``resumed`` is the
+    saved run config of a run being resumed (its data are already laid out).
+    """
+
+    labels: tuple[str, ...]
+    site_sets: tuple[LabeledTexts, ...] = ()
+    pooled: bool = False
+    server_eval: LabeledTexts | None = None
+    resumed: FederationConfig | None = None
+
+    def run_config_values(self, out: Path) -> dict[str, object]:
+        """What the sources decide in the run config: the label set and the server's held-out file."""
+        if self.resumed is not None:
+            return {"labels": self.resumed.labels, "eval-data": self.resumed.eval_data}
+        held_out = self.server_eval is not None or self.pooled
+        return {"labels": self.labels, "eval-data": str((out / SERVER_EVAL_FILE).resolve()) if held_out else ""}
+
+
+@dataclass(frozen=True)
 class PreparedSimulation:
     """A laid-out run directory ready to run."""
 
@@ -78,77 +103,96 @@ def _write_jsonl(path: Path, dataset: LabeledTexts) -> Path:
     return path
 
 
-def prepare(request: SimulationRequest, config: FederationConfig) -> PreparedSimulation:
-    """Validate the data and lay out the run directory (nothing trains here)."""
-    out = Path(config.out_dir)
+def read_sources(request: SimulationRequest, out: Path) -> SimulationSources:
+    """Read and validate every data file (or the saved run, on resume); nothing is written."""
     if request.resume:
         if not (out / SITES_FILE).exists():
             raise ConfigError(f"{out}: nothing to resume (no {SITES_FILE}); run without --resume first")
-        return _reload(out, config)
+        saved = parse_run_config(json.loads((out / RUN_CONFIG_FILE).read_text()), context=str(out / RUN_CONFIG_FILE))
+        return SimulationSources(labels=saved.labels, resumed=saved)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: output directory exists and is not empty; choose a new --out (or --resume)")
-
     spec = request.data_spec
     if request.site_data:
         if request.data is not None:
             raise ConfigError("give --data (carved into sites) or --site-data (one file per site), not both")
-        site_sets = [read_labeled_file(path, spec) for path in request.site_data]
-        labels = site_sets[0].label_names
-        site_sets = [read_labeled_file(path, spec, label_names=labels) for path in request.site_data]
-        server_eval = read_labeled_file(request.eval_data, spec, label_names=labels) if request.eval_data else None
+        labels = read_labeled_file(request.site_data[0], spec).label_names
+        site_sets = tuple(read_labeled_file(path, spec, label_names=labels) for path in request.site_data)
     else:
-        source = read_labeled_file(request.data, spec) if request.data is not None else sample_dataset()
-        labels = source.label_names
-        if request.eval_data is not None:
-            pool, server_eval = source, read_labeled_file(request.eval_data, spec, label_names=labels)
-        else:
-            pool, server_eval = train_eval_split(source, eval_fraction=0.2, seed=config.seed)
+        pool = read_labeled_file(request.data, spec) if request.data is not None else sample_dataset()
+        labels, site_sets = pool.label_names, (pool,)
+    server_eval = read_labeled_file(request.eval_data, spec, label_names=labels) if request.eval_data else None
+    return SimulationSources(labels=labels, site_sets=site_sets, pooled=not request.site_data, server_eval=server_eval)
+
+
+def prepare(request: SimulationRequest, config: FederationConfig, sources: SimulationSources) -> PreparedSimulation:
+    """Partition the data and lay out the run directory (nothing trains here)."""
+    out = Path(config.out_dir)
+    if sources.resumed is not None:
+        return _reload(out, config)
+    site_sets = list(sources.site_sets)
+    server_eval = sources.server_eval
+    if sources.pooled:
+        pool = site_sets[0]
+        if server_eval is None:
+            pool, server_eval = train_eval_split(pool, eval_fraction=DEFAULT_EVAL_FRACTION, seed=config.seed)
         site_sets = partition_dataset(
             pool,
             sites=request.sites,
             spec=PartitionSpec.parse(request.partition),
             seed=config.seed,
-            min_size=config.batch_size,
+            min_size=config.training.batch_size,
         )
     if len(site_sets) < config.min_sites:
         raise ConfigError(f"{len(site_sets)} site(s) cannot satisfy min-sites {config.min_sites}")
-
-    config = config.model_copy(update={"labels": labels})
-    if server_eval is not None:
-        config = config.model_copy(update={"eval_data": str(_write_jsonl(out / "server" / "eval.jsonl", server_eval))})
     sites: dict[int, SiteSettings] = {}
     for index, dataset in enumerate(site_sets):
         directory = out / "sites" / f"site-{index}"
-        data_path = request.site_data[index] if request.site_data else _write_jsonl(directory / "train.jsonl", dataset)
+        data_path = request.site_data[index] if request.site_data else directory / "train.jsonl"
         site = SiteSettings(
             site_name=f"site-{index}",
             data_path=Path(data_path).resolve(),
             ledger_path=(directory / "ledger.jsonl").resolve(),
             max_epsilon=request.site_max_epsilon if request.site_max_epsilon is not None else config.target_epsilon,
             delta=config.delta,
-            text_column=spec.text_column,
-            label_column=spec.label_column,
+            text_column=request.data_spec.text_column,
+            label_column=request.data_spec.label_column,
             # Simulated sites release held-out metrics (so progress is visible) whenever federated evaluation is on.
             evaluate=config.federated_evaluation,
             seed=None if request.seed is None else request.seed * 1000 + index,
         )
         train_size = len(dataset) - (round(len(dataset) * site.eval_fraction) if site.evaluate else 0)
         plan_steps(
-            num_examples=train_size, batch_size=config.batch_size, epochs=config.local_epochs, source=str(data_path)
+            num_examples=train_size,
+            batch_size=config.training.batch_size,
+            epochs=config.training.epochs,
+            source=str(data_path),
         )
         sites[index] = site
+    if server_eval is not None and config.eval_data:
+        _write_jsonl(Path(config.eval_data), server_eval)  # read_sources named the file
+    if sources.pooled:
+        for index, dataset in enumerate(site_sets):
+            _write_jsonl(sites[index].data_path, dataset)
     sites_file = out / SITES_FILE
     atomic_write_json(sites_file, {str(k): s.to_node_config() for k, s in sites.items()})
     atomic_write_json(out / RUN_CONFIG_FILE, config.to_run_config())
     return PreparedSimulation(config=config, sites=sites, sites_file=sites_file)
 
 
+def prepare_simulation(request: SimulationRequest, out: Path, settings: Mapping[str, Any]) -> PreparedSimulation:
+    """``read_sources``, the run config (``settings`` by run-config key, over what the data decide), ``prepare``.
+
+    The programmatic form of ``fedtune simulate`` (benchmarks use it); the CLI does the same with option names.
+    """
+    sources = read_sources(request, out)
+    values = {**sources.run_config_values(out), "out-dir": str(out), **settings}
+    return prepare(request, parse_run_config(values), sources)
+
+
 def _reload(out: Path, config: FederationConfig) -> PreparedSimulation:
-    from common.federation.config import parse_run_config
     from common.federation.site import parse_site_settings
 
-    saved = parse_run_config(json.loads((out / RUN_CONFIG_FILE).read_text()))
-    config = config.model_copy(update={"labels": saved.labels, "eval_data": saved.eval_data})
     table = json.loads((out / SITES_FILE).read_text())
     sites = {int(k): parse_site_settings(v, source=f"{out / SITES_FILE} site {k}") for k, v in table.items()}
     return PreparedSimulation(config=config, sites=sites, sites_file=out / SITES_FILE)

@@ -10,12 +10,17 @@ or, when the site's budget cannot pay for the round, no arrays, ``status`` = ``r
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message
 
 from common.errors import UpdateRejectedError
+
+if TYPE_CHECKING:
+    # Flower is imported where records are built, not at import: it pulls in its own CLI stack (typer, rich), which
+    # the bottom layer must not (tests/common/test_layering.py).
+    from flwr.app import ArrayRecord, Message
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -56,6 +61,8 @@ def adapter_to_arrays(
     ``dtype`` casts floating tensors for transport (e.g. float16 uploads: half the bytes; for DP-noised updates
     the rounding, ~5e-4 relative, is far below the noise, and rounding is post-processing, so privacy is unchanged).
     """
+    from flwr.app import ArrayRecord
+
     chosen = list(state) if keys is None else [k for k in state if k in set(keys)]
     tensors = {k: state[k].detach().cpu() for k in chosen}
     if dtype is not None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from common.data.spec import DataSpec
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON, BudgetSettings
-from common.training.config import DEFAULT_DELTA
+from common.training.config import DEFAULT_DELTA, DEFAULT_EVAL_FRACTION
 
 #: Node-config keys Flower itself sets for simulated SuperNodes (not site settings).
 FLOWER_SIMULATION_KEYS = frozenset({"partition-id", "num-partitions"})
@@ -39,7 +39,7 @@ class SiteSettings(BaseModel):
     text_column: str = "text"
     label_column: str = "label"
     evaluate: bool = False  # release (non-DP) metrics on a held-out split when the server asks
-    eval_fraction: float = Field(default=0.2, gt=0, lt=1)
+    eval_fraction: float = Field(default=DEFAULT_EVAL_FRACTION, gt=0, lt=1)
     split_seed: int = 0
     seed: int | None = None  # reproducible experiments only: a real site leaves its noise unseeded
     device: Literal["auto", "cpu", "cuda"] = "auto"

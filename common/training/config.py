@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.data.spec import DataSpec
+from common.model.builtin import BUILTIN_MODEL_ID
+from common.model.lora import LoraSettings
+from common.model.pooling import Pooling
 from common.privacy.accountant import AccountantName
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
 
 DEFAULT_TARGET_EPSILON = 8.0
 DEFAULT_DELTA = 1e-5
@@ -47,10 +53,11 @@ class PrivacySettings(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    """Optimisation settings.
+    """Optimisation settings: what to train, the same at every site of a federation.
 
     ``batch_size`` is the expected *logical* batch (DP-SGD samples each example with probability ``batch_size / N``);
-    ``physical_batch_size`` bounds what is on the device at once.
+    ``physical_batch_size`` bounds what is on the device at once. Where and how reproducibly to run (device, seed)
+    is not part of it: those belong to whoever runs the job (a site never takes them from the server).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,9 +68,24 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     # With Adam, the update is invariant to the clip norm's scale once every example is clipped, so the learning
     # rate is the main knob; 1e-2 learnt best under DP at epsilon 8 in the sweep reported on the foundation issue.
-    learning_rate: float = Field(default=1e-2, gt=0.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    learning_rate: float = Field(default=1e-2, gt=0.0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     max_length: int = Field(default=64, ge=2, le=8192)
     eval_batch_size: int = Field(default=64, ge=1)
-    seed: int | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrainJob(BaseModel):
+    """Everything ``fedtune train`` needs, validated once at the edge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = BUILTIN_MODEL_ID
+    pooling: Pooling = "auto"
+    data: DataSpec = DataSpec()
+    lora: LoraSettings = LoraSettings()
+    training: TrainConfig = TrainConfig()
+    privacy: PrivacySettings = PrivacySettings(target_epsilon=DEFAULT_TARGET_EPSILON)
+    eval_fraction: float = Field(default=DEFAULT_EVAL_FRACTION, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    seed: int | None = None  # initialisation, sampling and noise; None: fresh OS entropy (noise cannot be replayed)
+    device: DeviceChoice = "auto"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from common.errors import ConfigError
-
-DeviceChoice = Literal["auto", "cpu", "cuda"]
+from common.training.config import DeviceChoice
 
 
 def resolve_device(choice: DeviceChoice | str) -> torch.device:

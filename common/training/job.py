@@ -15,47 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from common import __version__
 from common.data.dataset import LabeledTexts
 from common.data.readers import read_labeled_file
 from common.data.sample import sample_dataset
-from common.data.spec import DataSpec
 from common.data.split import train_eval_split
 from common.errors import ConfigError
 from common.fileio import atomic_write_json
-from common.model.builtin import BUILTIN_MODEL_ID
-from common.model.lora import LoraSettings
-from common.model.pooling import Pooling
 from common.privacy.accountant import get_accountant
 from common.privacy.budget import BudgetSettings
 from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, Reservation
 from common.training.batches import StepPlan, plan_steps
-from common.training.config import DEFAULT_EVAL_FRACTION, PrivacySettings, TrainConfig
+from common.training.config import TrainJob
 from common.training.evaluation import EvalMetrics
 from common.training.progress import ProgressCallback
 from common.training.trainer import DpSgdParams, TrainOutcome
 
 ADAPTER_SUBDIR = "adapter"
 SUMMARY_FILE = "summary.json"
-
-
-class TrainJob(BaseModel):
-    """Everything ``fedtune train`` needs, validated once at the edge."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str = BUILTIN_MODEL_ID
-    pooling: Pooling = "auto"
-    data: DataSpec = DataSpec()
-    lora: LoraSettings = LoraSettings()
-    training: TrainConfig = TrainConfig()
-    privacy: PrivacySettings = PrivacySettings(target_epsilon=8.0)
-    eval_fraction: float = Field(default=DEFAULT_EVAL_FRACTION, gt=0.0, lt=1.0)
-    split_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,12 +158,12 @@ def run_train_job(
     check_output_dir(out_dir)
     prepared = prepare_data(job, train_path, eval_path)
     plan = plan_privacy(job, len(prepared.train), prepared.train.source)
-    device = resolve_device(job.training.device)
+    device = resolve_device(job.device)
     ledger = budget.open_ledger()
     ref = resolve_base_model(job.model)
     tokenizer = load_tokenizer(ref)
-    if job.training.seed is not None:
-        torch.manual_seed(job.training.seed)  # head and LoRA initialisation
+    if job.seed is not None:
+        torch.manual_seed(job.seed)  # head and LoRA initialisation
     model = apply_lora(load_base_classifier(ref, prepared.train.label_names, pooling=job.pooling), job.lora)
     train_data = TokenizedTexts(prepared.train, tokenizer, max_length=job.training.max_length)
     eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=job.training.max_length)
@@ -206,7 +185,14 @@ def run_train_job(
     if on_plan is not None:
         on_plan(prepared, plan, reservation)
     outcome = train_adapter(
-        model, train_data, config=job.training, plan=plan.steps, dp=plan.dp, device=device, progress=progress
+        model,
+        train_data,
+        config=job.training,
+        plan=plan.steps,
+        dp=plan.dp,
+        device=device,
+        seed=job.seed,
+        progress=progress,
     )
     if outcome.event != plan.event:  # the trainer must have done exactly what was reserved
         raise RuntimeError(f"trained {outcome.event} but reserved {plan.event}")
@@ -291,6 +277,8 @@ def _summary(
         },
         "training": {
             **job.training.model_dump(),
+            "seed": job.seed,
+            "device": job.device,
             "steps": outcome.steps,
             "examples_seen": outcome.examples_seen,
             "empty_batches": outcome.empty_batches,

@@ -92,18 +92,20 @@ def train_adapter(
     plan: StepPlan,
     dp: DpSgdParams | None,
     device: torch.device,
+    seed: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> TrainOutcome:
     """Run ``plan.steps`` optimiser steps on ``data`` and return the trained adapter.
 
     ``dp=None`` trains without privacy (fixed-size shuffled batches); otherwise DP-SGD with Poisson sampling at
-    ``plan.sample_rate`` and the given sigma and clip. Privacy parameters are keyword-only by design.
+    ``plan.sample_rate`` and the given sigma and clip. Privacy parameters are keyword-only by design. ``seed`` makes
+    sampling, dropout and noise reproducible (experiments only); None draws them from OS entropy.
     """
     if len(data) != plan.num_examples:
         raise ValueError(f"plan is for {plan.num_examples} examples but the data has {len(data)}")
-    if config.seed is not None:
-        torch.manual_seed(config.seed)  # dropout
-    sampling_rng = make_generator(config.seed, torch.device("cpu"))
+    if seed is not None:
+        torch.manual_seed(seed)  # dropout
+    sampling_rng = make_generator(seed, torch.device("cpu"))
     model.to(device)
     model.train()  # Opacus records activations only in train mode; from_pretrained returns eval mode.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -113,6 +115,7 @@ def train_adapter(
     loss_fn = torch.nn.CrossEntropyLoss(reduction="mean")
 
     batches: Iterator[list[int]]
+    grad_sample_module = None
     if dp is None:
         forward_model: torch.nn.Module = model
         batches = shuffled_batches(
@@ -128,14 +131,15 @@ def train_adapter(
         if errors:
             raise ModelError(f"the model cannot be trained with Opacus: {errors[0]}")
         # "hooks" mode clips through any loss; "ghost" mode would silently skip clipping with model(labels=...).loss.
-        forward_model = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=False)
+        grad_sample_module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=False)
+        forward_model = grad_sample_module
         dp_optimizer = DPOptimizer(
             optimizer,
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
             expected_batch_size=plan.batch_size,
             loss_reduction="mean",
-            generator=make_generator(None if config.seed is None else config.seed + 1, device),
+            generator=make_generator(None if seed is None else seed + 1, device),
         )
         optimizer = dp_optimizer
         batches = poisson_batches(
@@ -168,8 +172,8 @@ def train_adapter(
                 if progress is not None:
                     progress(outcome.steps, plan.steps, loss)
     finally:
-        if dp is not None:
-            forward_model._close()  # type: ignore[operator]  # remove Opacus hooks and grad_sample attributes
+        if grad_sample_module is not None:
+            grad_sample_module.to_standard_module()  # removes Opacus's hooks and grad_sample attributes
         optimizer.zero_grad(set_to_none=True)
         model.eval()
     if outcome.steps != plan.steps:

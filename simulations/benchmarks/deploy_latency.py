@@ -77,9 +77,7 @@ def main() -> None:
 
 
 def _fedtune(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "common.cli.app", *args], capture_output=True, text=True, timeout=3600
-    )
+    result = subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         raise SystemExit(f"fedtune {' '.join(args[:2])} failed: {result.stderr.strip()[-2000:]}")
     return result
@@ -127,7 +125,7 @@ def _deployed(work: Path, out: Path, common: list[str]) -> dict[str, list[float]
     log = (work / f"{out.name}-server.log").open("w")
     start = ["server", "start", "--certs", str(work / "certs"), *enroll, "--port", str(port), *common]
     server = subprocess.Popen(
-        [sys.executable, "-m", "common.cli.app", *start, "--out", str(out)],
+        [sys.executable, "-m", "cli.app", *start, "--out", str(out)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -146,7 +144,7 @@ def _deployed(work: Path, out: Path, common: list[str]) -> dict[str, list[float]
             ]
             clients.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "common.cli.app", *site],
+                    [sys.executable, "-m", "cli.app", *site],
                     stdout=(work / f"{out.name}-{name}.log").open("w"),
                     stderr=subprocess.STDOUT,
                     preexec_fn=_pin(index, sites=2),

@@ -50,7 +50,7 @@ def _run_arm(arm: str, model_name: str, steps: int, warmup: int, device_choice: 
     assert all(len(ids) == SEQUENCE for ids in tokenized._features["input_ids"])
     # q = 1: the Poisson batch is exactly the BATCH examples, so both arms process BATCH x SEQUENCE tokens a step.
     plan = StepPlan(num_examples=BATCH, batch_size=BATCH, sample_rate=1.0, steps=steps)
-    config = TrainConfig(batch_size=BATCH, physical_batch_size=BATCH, seed=0, device=device_choice)
+    config = TrainConfig(batch_size=BATCH, physical_batch_size=BATCH)
     dp = DpSgdParams(noise_multiplier=1.0, max_grad_norm=1.0) if arm == "dp" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -62,7 +62,7 @@ def _run_arm(arm: str, model_name: str, steps: int, warmup: int, device_choice: 
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
 
-    train_adapter(model, tokenized, config=config, plan=plan, dp=dp, device=device, progress=on_step)
+    train_adapter(model, tokenized, config=config, plan=plan, dp=dp, device=device, seed=0, progress=on_step)
     times = [b - a for a, b in itertools.pairwise(stamps)][warmup:]
     return {
         "arm": arm,

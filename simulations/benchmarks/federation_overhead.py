@@ -32,25 +32,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from common.federation.config import FederationConfig
-    from simulations.simulate import SimulationRequest, prepare, run
+    from simulations.simulate import SimulationRequest, prepare_simulation, run
 
     out = args.out or Path(tempfile.mkdtemp(prefix="fedtune-overhead-")) / "run"
-    config = FederationConfig(
-        model=args.model,
-        labels=("pending", "labels"),
-        num_rounds=args.rounds,
-        federated_evaluation=False,
-        out_dir=str(out),
-        seed=0,
-    )
     request = SimulationRequest(sites=args.sites, seed=0)
-    prepared = prepare(request, config)
-    prepared = type(prepared)(
-        config=prepared.config.model_copy(update={"eval_data": ""}),
-        sites=prepared.sites,
-        sites_file=prepared.sites_file,
-    )
+    settings = {"model": args.model, "num-rounds": args.rounds, "federated-evaluation": False, "eval-data": ""}
+    prepared = prepare_simulation(request, out, settings)
     ends: list[float] = []
     started = time.perf_counter()
     result = run(prepared, request, on_round=lambda record: ends.append(time.perf_counter()))
@@ -110,18 +97,19 @@ def _pure_training(prepared: Any, history: list[dict[str, Any]], repeats: int) -
             load_adapter_state(model.model, start.adapter)
             plan = plan_steps(
                 num_examples=len(data.train),
-                batch_size=config.batch_size,
-                epochs=config.local_epochs,
+                batch_size=config.training.batch_size,
+                epochs=config.training.epochs,
                 source=str(site.data_path),
             )
             began = time.perf_counter()
             train_adapter(
                 model.model,
                 data.train,
-                config=config.train_config(seed=repeat, device=site.device),
+                config=config.training,
                 plan=plan,
                 dp=DpSgdParams(noise_multiplier=sigma[site.site_name], max_grad_norm=config.max_grad_norm),
                 device=resolve_device(site.device),
+                seed=repeat,
             )
             elapsed += time.perf_counter() - began
         per_repeat.append(elapsed)

@@ -67,30 +67,27 @@ def main() -> None:
 
 
 def _federated(args: argparse.Namespace, strategy: str, subset: Path, eval_file: Path) -> dict[str, Any]:
-    from common.federation.config import FederationConfig
-    from simulations.simulate import SimulationRequest, prepare, run
+    from simulations.simulate import SimulationRequest, prepare_simulation, run
 
     out = args.out / f"federated-{strategy}"
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
-    config = FederationConfig(
-        model=args.model,
-        labels=("pending", "labels"),
-        strategy=strategy,
-        num_rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        target_epsilon=args.epsilon,
-        federated_evaluation=False,
-        out_dir=str(out),
-        seed=0,
-    )
+    settings = {
+        "model": args.model,
+        "strategy": strategy,
+        "num-rounds": args.rounds,
+        "local-epochs": args.local_epochs,
+        "target-epsilon": args.epsilon,
+        "federated-evaluation": False,
+        "seed": 0,
+    }
     request = SimulationRequest(
         data=subset, eval_data=eval_file, sites=args.sites, partition=f"dirichlet:{args.alpha}", seed=0
     )
     started = time.perf_counter()
-    result = run(prepare(request, config), request)
+    result = run(prepare_simulation(request, out, settings), request)
     seconds = time.perf_counter() - started
     last = [r for r in result.history if r.get("server_eval")][-1]
     spent = [
@@ -124,9 +121,8 @@ def _central(args: argparse.Namespace, subset: Path, eval_file: Path) -> dict[st
     job = TrainJob(
         model=args.model,
         privacy=PrivacySettings(enabled=False),
-        training=TrainConfig(
-            epochs=args.rounds * args.local_epochs, batch_size=32, learning_rate=args.baseline_lr, seed=0
-        ),
+        training=TrainConfig(epochs=args.rounds * args.local_epochs, batch_size=32, learning_rate=args.baseline_lr),
+        seed=0,
     )
     started = time.perf_counter()
     result = run_train_job(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cli.app import main
 from client.deploy import ClientLaunch, node_config_string, preflight, supernode_command
-from common.cli.app import main
 from common.errors import BudgetExhaustedError, ConfigError, DataValidationError
 from common.federation.site import SiteSettings, parse_site_settings
 from common.privacy.events import DpSgdEvent

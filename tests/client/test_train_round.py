@@ -9,7 +9,7 @@ from client.site import resolve_site
 from client.train import train_round
 from common.errors import ConfigError, ModelError
 from common.federation import protocol as p
-from common.federation.config import FederationConfig
+from common.federation.config import parse_run_config
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger
 from tests.flower_helpers import make_sites
@@ -22,14 +22,16 @@ def setup(tiny_model_dir, sample_jsonl, tmp_path):
     from server.model import ServerModel
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    config = FederationConfig(
-        model=str(tiny_model_dir),
-        labels=("negative", "positive"),
-        batch_size=32,
-        max_length=24,
-        target_epsilon=5.0,
-        out_dir=str(tmp_path / "out"),
-        strategy="ffa",
+    config = parse_run_config(
+        {
+            "model": str(tiny_model_dir),
+            "labels": "negative,positive",
+            "batch-size": 32,
+            "max-length": 24,
+            "target-epsilon": 5.0,
+            "out-dir": str(tmp_path / "out"),
+            "strategy": "ffa",
+        }
     )
     site = make_sites(tmp_path, [sample_jsonl])[0]
     context = Context(

@@ -103,7 +103,7 @@ def test_service_commands_parse_with_the_fedtune_cli(compose):
     import click
     import typer
 
-    from common.cli.app import app
+    from cli.app import app
 
     root = typer.main.get_command(app)
     checked = 0

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 def fedtune(*args: str) -> list[str]:
-    return [sys.executable, "-m", "common.cli.app", *args]
+    return [sys.executable, "-m", "cli.app", *args]
 
 
 def client_start(superlink, data, ledger, ca, key, *extra: str) -> list[str]:

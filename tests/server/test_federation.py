@@ -10,7 +10,7 @@ import torch
 from common.data.partition import PartitionSpec, partition_dataset
 from common.data.sample import sample_dataset
 from common.errors import FederationError
-from common.federation.config import FederationConfig
+from common.federation.config import FederationConfig, parse_run_config
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger
 from server.checkpoint import load_checkpoint
@@ -49,7 +49,7 @@ def config_for(tiny_model_dir, out, eval_file, **overrides) -> FederationConfig:
         "seed": 3,
         "learning_rate": 0.01,
     }
-    return FederationConfig(**{**values, **overrides})
+    return parse_run_config({key.replace("_", "-"): value for key, value in {**values, **overrides}.items()})
 
 
 def flat(state):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from common.cli.display import console
+from cli.display import console
 
 certs_app = typer.Typer(help="Create and check the federation's certificates and site keys.", no_args_is_help=True)
 
@@ -59,8 +59,3 @@ def check(
 
     check_server_certs(FederationCerts(certs), host=host)
     console.print(f"{certs}: certificates and key are valid" + (f" for {host}" if host else ""))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``certs`` group to the root command."""
-    app.add_typer(certs_app, name="certs")

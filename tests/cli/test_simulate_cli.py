@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def simulate(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "common.cli.app", "simulate", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "cli.app", "simulate", *args], capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from common.cli.app import main
+from cli.app import main
 from common.privacy.accountant import PrvAccountant
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger

@@ -31,8 +31,3 @@ def sample_data(
     ]
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
     typer.echo(f"wrote {len(dataset)} examples to {out} (fingerprint {dataset.fingerprint[:16]}...)")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``sample-data`` to the root command."""
-    app.command("sample-data")(sample_data)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from common.cli.app import main
+from cli.app import main
 from tests.helpers import write_jsonl
 
 
@@ -102,7 +102,7 @@ def test_debug_shows_traceback(tmp_path, capsys):
 @pytest.mark.parametrize("command", [[], ["train"], ["sample-data"]])
 def test_help_of_every_command(command):
     result = subprocess.run(
-        [sys.executable, "-m", "common.cli.app", *command, "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cli.app", *command, "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout

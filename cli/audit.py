@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from common.cli.display import console, fmt
+from cli.display import console, fmt
 
 
 def audit(
@@ -97,9 +97,3 @@ def keygen(
 
     public = generate_signing_key(out)
     console.print(f"wrote {out} (private, 0600) and {out}.pub; public key {public_key_text(public)}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``audit`` and ``ledger-key`` to the root command."""
-    app.command("audit")(audit)
-    app.command("ledger-key")(keygen)

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from common.cli.display import fmt
+from cli.display import fmt
 
 HEADERS = ("round", "trained", "refused", "rejected", "crashed", "train loss", "server acc", "sites acc", "epsilon")
 

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from common.federation.config import FederationConfig
-from common.parsing import parse_settings
+from common.federation.config import FederationConfig, parse_run_config
 
-DEFAULTS = FederationConfig(labels=("a", "b"))
+#: The run's defaults, as the config model declares them (``DEFAULTS.training.batch_size`` ...).
+DEFAULTS = FederationConfig()
 
 RoundsOpt = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
 StrategyOpt = Annotated[
@@ -71,9 +71,9 @@ def federation_config(options: Mapping[str, Any], run_config: Mapping[str, Any])
     """FederationConfig from a command's parameters and the values it sets itself; errors name the option.
 
     ``options`` holds the shared options by parameter name (a command passes its ``locals()``); ``run_config`` the
-    command's own values by run-config name (labels, out-dir, seed...).
+    command's own values by run-config name (labels, out-dir, seed...). Everything is validated here, once.
     """
     values = {key: options[parameter] for parameter, key in SHARED_OPTIONS.items()} | dict(run_config)
     names = {key: "--" + parameter.replace("_", "-") for parameter, key in SHARED_OPTIONS.items()}
     names.update({key: f"--{key}" for key in run_config})
-    return parse_settings(FederationConfig, values, context="option", names=names)
+    return parse_run_config(values, context="option", names=names)

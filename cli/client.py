@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from common.cli import options as opt
-from common.cli.display import console, err_console_warning
+from cli import options as opt
+from cli.display import console, err_console_warning
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON, parse_limit
 from common.training.config import DEFAULT_DELTA
@@ -98,8 +98,3 @@ def start(
     security = preflight(site, launch)
     console.print(f"[bold]fedtune client[/] {site.site_name}: checks passed; joining {superlink} over {security}")
     raise typer.Exit(run_supernode(site, launch))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``client`` group to the root command."""
-    app.add_typer(client_app, name="client")

@@ -8,12 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from common.cli import options as opt
-from common.cli import run_options as ro
-from common.cli.display import console, err_console_warning
+from cli import options as opt
+from cli import run_options as ro
+from cli.display import console, err_console_warning
 from common.errors import ConfigError, FederationError
-from common.model.builtin import BUILTIN_MODEL_ID
-from common.training.config import DEFAULT_DELTA
 
 server_app = typer.Typer(
     help="Run the coordinating server (Flower SuperLink + the fedtune ServerApp).", no_args_is_help=True
@@ -44,25 +42,27 @@ def start(
     eval_data: Annotated[
         Path | None, typer.Option("--eval-data", help="Server-side held-out file (also gives the label set).")
     ] = None,
-    model: opt.ModelOpt = BUILTIN_MODEL_ID,
-    pooling: opt.PoolingOpt = "auto",
+    model: opt.ModelOpt = ro.DEFAULTS.model,
+    pooling: opt.PoolingOpt = ro.DEFAULTS.pooling,
     rounds: ro.RoundsOpt = ro.DEFAULTS.num_rounds,
     strategy: ro.StrategyOpt = ro.DEFAULTS.strategy,
     epsilon: ro.RunEpsilonOpt = ro.DEFAULTS.target_epsilon,
-    delta: opt.DeltaOpt = DEFAULT_DELTA,
+    delta: opt.DeltaOpt = ro.DEFAULTS.delta,
     max_grad_norm: opt.ClipOpt = ro.DEFAULTS.max_grad_norm,
-    local_epochs: ro.LocalEpochsOpt = ro.DEFAULTS.local_epochs,
-    batch_size: ro.BatchOpt = ro.DEFAULTS.batch_size,
-    lr: ro.LrOpt = ro.DEFAULTS.learning_rate,
-    max_length: ro.MaxLengthOpt = ro.DEFAULTS.max_length,
-    lora_r: opt.LoraROpt = ro.DEFAULTS.lora_r,
-    lora_alpha: opt.LoraAlphaOpt = ro.DEFAULTS.lora_alpha,
+    local_epochs: ro.LocalEpochsOpt = ro.DEFAULTS.training.epochs,
+    batch_size: ro.BatchOpt = ro.DEFAULTS.training.batch_size,
+    lr: ro.LrOpt = ro.DEFAULTS.training.learning_rate,
+    max_length: ro.MaxLengthOpt = ro.DEFAULTS.training.max_length,
+    lora_r: opt.LoraROpt = ro.DEFAULTS.lora.r,
+    lora_alpha: opt.LoraAlphaOpt = ro.DEFAULTS.lora.alpha,
     sites_per_round: ro.SitesPerRoundOpt = ro.DEFAULTS.sites_per_round,
     min_sites: ro.MinSitesOpt = ro.DEFAULTS.min_sites,
     max_update_norm: ro.MaxUpdateNormOpt = ro.DEFAULTS.max_update_norm,
     federated_eval: ro.FederatedEvalOpt = ro.DEFAULTS.federated_evaluation,
     upload_precision: ro.UploadPrecisionOpt = ro.DEFAULTS.upload_precision,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial adapter and of site sampling.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the initial adapter and of site sampling.")
+    ] = ro.DEFAULTS.seed,
 ) -> None:
     """Start a TLS SuperLink with node authentication, enrol the sites, run the federation and write its results.
 
@@ -70,8 +70,8 @@ def start(
     receives the same outputs as `fedtune simulate` (adapter/, metrics.json, privacy_report.json, progress.png,
     checkpoints/); a restarted server resumes from the last checkpoint.
     """
+    from cli.progress import round_line, round_row
     from server.deploy import ServerLaunch, serve
-    from server.progress import round_line, round_row
 
     if insecure:
         err_console_warning(
@@ -133,8 +133,3 @@ def _labels(labels: str | None, eval_data: Path | None) -> tuple[str, ...]:
 
         return read_labeled_file(eval_data).label_names
     raise ConfigError("the server must know the label set: pass --labels a,b,... or --eval-data FILE")
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``server`` group to the root command."""
-    app.add_typer(server_app, name="server")

@@ -1,9 +1,8 @@
-"""The ``fedtune`` root command.
+"""The ``fedtune`` root command: every sub-command is registered here, explicitly, in one list.
 
-Sub-commands that live above ``common`` (``simulate``, ``server``, ``client``, ...) are contributed through the
-``fedtune.commands`` entry-point group: each entry point is a ``register(app)`` function. This keeps ``common`` free
-of imports from the packages built on it. Heavy libraries (torch, transformers, Flower) are imported inside
-commands, so ``--help`` stays instant.
+``cli`` is the top layer: it may import every other package, and none imports it. It is also the one place where
+errors become messages and exit codes. Heavy libraries (torch, transformers, Flower) are imported inside commands,
+so ``--help`` stays instant.
 
 Error contract: a :class:`~common.errors.FedtuneError` is printed as one line on stderr and the process exits with
 the error's ``exit_code``; tracebacks are shown only with ``--debug``.
@@ -14,7 +13,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 
 import typer
 from rich.console import Console
@@ -22,8 +20,6 @@ from rich.markup import escape
 
 from common import __version__
 from common.errors import FedtuneError
-
-ENTRY_POINT_GROUP = "fedtune.commands"
 
 app = typer.Typer(
     name="fedtune",
@@ -57,14 +53,16 @@ def _root(
 
 
 def _register_commands() -> None:
-    from common.cli import audit, certs, sample, train
+    from cli import audit, certs, client, sample, server, simulate, train
 
-    train.register(app)
-    audit.register(app)
-    certs.register(app)
-    sample.register(app)
-    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        entry.load()(app)
+    app.command("train")(train.train)
+    app.command("simulate")(simulate.simulate)
+    app.add_typer(server.server_app, name="server")
+    app.add_typer(client.client_app, name="client")
+    app.command("audit")(audit.audit)
+    app.command("ledger-key")(audit.keygen)
+    app.add_typer(certs.certs_app, name="certs")
+    app.command("sample-data")(sample.sample_data)
 
 
 _register_commands()

@@ -13,8 +13,6 @@ import typer
 
 from common.data.spec import DataSpec
 from common.errors import ConfigError
-from common.model.lora import LoraSettings
-from common.model.pooling import Pooling
 from common.parsing import parse_settings
 from common.privacy.budget import BudgetSettings, parse_limit
 from common.training.config import DEFAULT_TARGET_EPSILON, PrivacySettings
@@ -116,13 +114,6 @@ SigningKeyOpt = Annotated[
 ]
 
 
-def pooling_choice(value: str) -> Pooling:
-    """Validate --pooling."""
-    if value not in ("auto", "cls", "mean"):
-        raise ConfigError(f"--pooling must be auto, cls or mean; got {value!r}")
-    return value  # type: ignore[return-value]
-
-
 def split_list(value: str | None) -> tuple[str, ...] | None:
     """'a, b,c' -> ('a', 'b', 'c'); None stays None."""
     if value is None:
@@ -133,34 +124,36 @@ def split_list(value: str | None) -> tuple[str, ...] | None:
     return items
 
 
+#: Where pydantic locates a data or LoRA problem -> the option the user typed.
+DATA_FLAGS = {
+    "data.format": "--format",
+    "data.text_column": "--text-column",
+    "data.label_column": "--label-column",
+    "data.labels": "--labels",
+}
+LORA_FLAGS = {
+    "lora.r": "--lora-r",
+    "lora.alpha": "--lora-alpha",
+    "lora.dropout": "--lora-dropout",
+    "lora.target_modules": "--lora-targets",
+}
+
+
+def data_values(*, fmt: str, text_column: str, label_column: str, labels: str | None) -> dict[str, object]:
+    """The DataSpec fields from the data options (validated with the settings they belong to)."""
+    return {"format": fmt, "text_column": text_column, "label_column": label_column, "labels": split_list(labels)}
+
+
 def data_spec(*, fmt: str, text_column: str, label_column: str, labels: str | None) -> DataSpec:
-    """DataSpec from the data options."""
-    return parse_settings(
-        DataSpec,
-        {"format": fmt, "text_column": text_column, "label_column": label_column, "labels": split_list(labels)},
-        context="option",
-        names={
-            "format": "--format",
-            "text_column": "--text-column",
-            "label_column": "--label-column",
-            "labels": "--labels",
-        },
-    )
+    """DataSpec from the data options; errors name the option."""
+    values = data_values(fmt=fmt, text_column=text_column, label_column=label_column, labels=labels)
+    names = {key.removeprefix("data."): flag for key, flag in DATA_FLAGS.items()}
+    return parse_settings(DataSpec, values, context="option", names=names)
 
 
-def lora_settings(*, r: int, alpha: float, dropout: float, targets: str | None, ffa: bool) -> LoraSettings:
-    """LoraSettings from the LoRA options."""
-    return parse_settings(
-        LoraSettings,
-        {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": split_list(targets), "ffa": ffa},
-        context="option",
-        names={
-            "r": "--lora-r",
-            "alpha": "--lora-alpha",
-            "dropout": "--lora-dropout",
-            "target_modules": "--lora-targets",
-        },
-    )
+def lora_values(*, r: int, alpha: float, dropout: float, targets: str | None, ffa: bool) -> dict[str, object]:
+    """The LoraSettings fields from the LoRA options."""
+    return {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": split_list(targets), "ffa": ffa}
 
 
 def privacy_settings(

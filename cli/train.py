@@ -7,18 +7,38 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from common.cli import options as opt
-from common.cli.display import console, key_value_table, training_progress
+from cli import options as opt
+from cli.display import console, key_value_table, training_progress
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON
-from common.training.config import DEFAULT_DELTA, DEFAULT_EVAL_FRACTION, PrivacySettings, TrainConfig
+from common.training.config import DEFAULT_DELTA, PrivacySettings, TrainConfig
+from common.training.job import TrainJob
 
 # Option defaults come from the settings models, so the CLI and the library cannot disagree.
 _TRAIN = TrainConfig()
 _LORA = LoraSettings()
 _PRIVACY = PrivacySettings(enabled=False)
+_JOB_FIELDS = TrainJob.model_fields
+
+#: Where pydantic locates a problem -> the option the user typed.
+TRAIN_FLAGS = {
+    **opt.DATA_FLAGS,
+    **opt.LORA_FLAGS,
+    "training.epochs": "--epochs",
+    "training.batch_size": "--batch-size",
+    "training.physical_batch_size": "--physical-batch-size",
+    "training.learning_rate": "--lr",
+    "training.optimizer": "--optimizer",
+    "training.max_length": "--max-length",
+    "eval_fraction": "--eval-fraction",
+    "split_seed": "--split-seed",
+    "seed": "--seed",
+    "device": "--device",
+    "pooling": "--pooling",
+    "model": "--model",
+}
 
 if TYPE_CHECKING:
     from common.privacy.ledger import Reservation
@@ -36,7 +56,7 @@ def train(
         typer.Option("--eval-data", help="Held-out data; default: a seeded split of --data (--eval-fraction)."),
     ] = None,
     model: opt.ModelOpt = BUILTIN_MODEL_ID,
-    pooling: opt.PoolingOpt = "auto",
+    pooling: opt.PoolingOpt = _JOB_FIELDS["pooling"].default,
     epsilon: opt.EpsilonOpt = None,
     delta: opt.DeltaOpt = DEFAULT_DELTA,
     noise_multiplier: opt.NoiseOpt = None,
@@ -66,10 +86,12 @@ def train(
     fmt: opt.FormatOpt = "auto",
     eval_fraction: Annotated[
         float, typer.Option("--eval-fraction", help="Share held out for evaluation when no --eval-data.")
-    ] = DEFAULT_EVAL_FRACTION,
-    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the train/eval split.")] = 0,
+    ] = _JOB_FIELDS["eval_fraction"].default,
+    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the train/eval split.")] = _JOB_FIELDS[
+        "split_seed"
+    ].default,
     seed: opt.SeedOpt = None,
-    device: opt.DeviceOpt = "auto",
+    device: opt.DeviceOpt = _JOB_FIELDS["device"].default,
     ledger: opt.LedgerOpt = None,
     max_epsilon: opt.MaxEpsilonOpt = str(DEFAULT_MAX_EPSILON),
     signing_key: opt.SigningKeyOpt = None,
@@ -82,46 +104,38 @@ def train(
     directory receives adapter/ (load it with PeftModel.from_pretrained(base, OUT/adapter)) and summary.json
     (metrics and privacy spend). Evaluation metrics are not differentially private.
     """
-    from common.training.job import TrainJob, run_train_job
+    from common.training.job import run_train_job
 
-    job = TrainJob(
-        model=model,
-        pooling=opt.pooling_choice(pooling),
-        data=opt.data_spec(fmt=fmt, text_column=text_column, label_column=label_column, labels=labels),
-        lora=opt.lora_settings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, ffa=ffa),
-        training=parse_settings(
-            TrainConfig,
-            {
+    job = parse_settings(
+        TrainJob,
+        {
+            "model": model,
+            "pooling": pooling,
+            "data": opt.data_values(fmt=fmt, text_column=text_column, label_column=label_column, labels=labels),
+            "lora": opt.lora_values(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, ffa=ffa),
+            "training": {
                 "epochs": epochs,
                 "batch_size": batch_size,
                 "physical_batch_size": physical_batch_size,
                 "learning_rate": lr,
                 "optimizer": optimizer,
                 "max_length": max_length,
-                "seed": seed,
-                "device": device,
             },
-            context="option",
-            names={
-                "epochs": "--epochs",
-                "batch_size": "--batch-size",
-                "learning_rate": "--lr",
-                "physical_batch_size": "--physical-batch-size",
-                "max_length": "--max-length",
-                "device": "--device",
-                "optimizer": "--optimizer",
-            },
-        ),
-        privacy=opt.privacy_settings(
-            no_dp=no_dp,
-            epsilon=epsilon,
-            delta=delta,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            accountant=accountant,
-        ),
-        eval_fraction=eval_fraction,
-        split_seed=split_seed,
+            "privacy": opt.privacy_settings(
+                no_dp=no_dp,
+                epsilon=epsilon,
+                delta=delta,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                accountant=accountant,
+            ),
+            "eval_fraction": eval_fraction,
+            "split_seed": split_seed,
+            "seed": seed,
+            "device": device,
+        },
+        context="option",
+        names=TRAIN_FLAGS,
     )
     budget = opt.budget_settings(ledger=ledger, max_epsilon=max_epsilon, signing_key=signing_key)
 
@@ -177,8 +191,3 @@ def train(
     ]
     console.print(key_value_table("Result", rows))
     console.print(f"adapter: {out / 'adapter'}   summary: {out / 'summary.json'}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``train`` to the root command."""
-    app.command("train")(train)

@@ -8,13 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from common.cli import options as opt
-from common.cli import run_options as ro
-from common.cli.display import console
+from cli import options as opt
+from cli import run_options as ro
+from cli.display import console
 from common.errors import FederationError
-from common.model.builtin import BUILTIN_MODEL_ID
 from common.privacy.budget import parse_limit
-from common.training.config import DEFAULT_DELTA
 
 
 def simulate(
@@ -35,21 +33,21 @@ def simulate(
     ] = "iid",
     rounds: ro.RoundsOpt = ro.DEFAULTS.num_rounds,
     strategy: ro.StrategyOpt = ro.DEFAULTS.strategy,
-    model: opt.ModelOpt = BUILTIN_MODEL_ID,
-    pooling: opt.PoolingOpt = "auto",
+    model: opt.ModelOpt = ro.DEFAULTS.model,
+    pooling: opt.PoolingOpt = ro.DEFAULTS.pooling,
     epsilon: ro.RunEpsilonOpt = ro.DEFAULTS.target_epsilon,
-    delta: opt.DeltaOpt = DEFAULT_DELTA,
+    delta: opt.DeltaOpt = ro.DEFAULTS.delta,
     site_max_epsilon: Annotated[
         str | None,
         typer.Option("--site-max-epsilon", help="Each simulated site's lifetime limit (default: --epsilon)."),
     ] = None,
     max_grad_norm: opt.ClipOpt = ro.DEFAULTS.max_grad_norm,
-    local_epochs: ro.LocalEpochsOpt = ro.DEFAULTS.local_epochs,
-    batch_size: ro.BatchOpt = ro.DEFAULTS.batch_size,
-    lr: ro.LrOpt = ro.DEFAULTS.learning_rate,
-    max_length: ro.MaxLengthOpt = ro.DEFAULTS.max_length,
-    lora_r: opt.LoraROpt = ro.DEFAULTS.lora_r,
-    lora_alpha: opt.LoraAlphaOpt = ro.DEFAULTS.lora_alpha,
+    local_epochs: ro.LocalEpochsOpt = ro.DEFAULTS.training.epochs,
+    batch_size: ro.BatchOpt = ro.DEFAULTS.training.batch_size,
+    lr: ro.LrOpt = ro.DEFAULTS.training.learning_rate,
+    max_length: ro.MaxLengthOpt = ro.DEFAULTS.training.max_length,
+    lora_r: opt.LoraROpt = ro.DEFAULTS.lora.r,
+    lora_alpha: opt.LoraAlphaOpt = ro.DEFAULTS.lora.alpha,
     sites_per_round: ro.SitesPerRoundOpt = ro.DEFAULTS.sites_per_round,
     min_sites: ro.MinSitesOpt = ro.DEFAULTS.min_sites,
     max_update_norm: ro.MaxUpdateNormOpt = ro.DEFAULTS.max_update_norm,
@@ -79,8 +77,8 @@ def simulate(
     The run directory receives the final adapter (PEFT format), metrics.json, privacy_report.json, progress.png,
     every site's ledger, and checkpoints. The command fails if any site crashed.
     """
-    from server.progress import round_line, round_row, round_table
-    from simulations.simulate import SimulationRequest, prepare, run
+    from cli.progress import round_line, round_row, round_table
+    from simulations.simulate import SimulationRequest, prepare, read_sources, run
 
     out = out or Path("runs") / f"simulate-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     request = SimulationRequest(
@@ -96,15 +94,12 @@ def simulate(
         gpus_per_site=gpus_per_site,
         seed=seed,
     )
+    sources = read_sources(request, out)
     config = ro.federation_config(
         locals(),  # the shared run options, by parameter name
-        {
-            "labels": ("pending", "labels"),  # replaced by the data's label set in prepare()
-            "out-dir": str(out),
-            "seed": seed if seed is not None else 0,
-        },
+        {**sources.run_config_values(out), "out-dir": str(out), "seed": seed if seed is not None else ro.DEFAULTS.seed},
     )
-    prepared = prepare(request, config)
+    prepared = prepare(request, config, sources)
     console.print(
         f"[bold]fedtune simulate[/]: {len(prepared.sites)} sites, strategy {prepared.config.strategy}, "
         f"{prepared.config.num_rounds} rounds, target epsilon {prepared.config.target_epsilon:g} per site, "
@@ -127,8 +122,3 @@ def simulate(
     if not result.ok:
         names = ", ".join(sorted({f"{c['site_name']} (round {c['round']}): {c['reason']}" for c in result.crashes}))
         raise FederationError(f"{len(result.crashes)} site crash(es) during the simulation: {names}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``simulate`` to the root command."""
-    app.command("simulate")(simulate)

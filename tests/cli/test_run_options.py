@@ -1,0 +1,57 @@
+"""The run options shared by `fedtune simulate` and `fedtune server start`: declared by both, named in errors."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from cli import run_options as ro
+from common.errors import ConfigError
+
+
+def shared_values(**changes):
+    defaults = ro.DEFAULTS.to_run_config()
+    return {**{parameter: defaults[key] for parameter, key in ro.SHARED_OPTIONS.items()}, **changes}
+
+
+@pytest.mark.parametrize(("module", "command"), [("cli.simulate", "simulate"), ("cli.server", "start")])
+def test_both_commands_declare_every_shared_option_with_the_model_default(module, command):
+    import importlib
+
+    parameters = inspect.signature(getattr(importlib.import_module(module), command)).parameters
+    assert set(ro.SHARED_OPTIONS) <= set(parameters)
+    defaults = ro.DEFAULTS.to_run_config()
+    for parameter, key in ro.SHARED_OPTIONS.items():
+        assert parameters[parameter].default == defaults[key], parameter  # each default written once, in the model
+
+
+def test_values_reach_the_config_and_errors_name_the_option(tmp_path):
+    config = ro.federation_config(
+        shared_values(rounds=5, lr=0.5, federated_eval=False), {"labels": ("no", "yes"), "out-dir": str(tmp_path)}
+    )
+    assert (config.num_rounds, config.training.learning_rate, config.federated_evaluation) == (5, 0.5, False)
+    assert config.out_dir == str(tmp_path)
+    for parameter, flag in (("lr", "--lr"), ("rounds", "--rounds"), ("federated_eval", "--federated-eval")):
+        with pytest.raises(ConfigError, match=flag):
+            ro.federation_config(shared_values(**{parameter: "bad"}), {"labels": ("no", "yes")})
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "flag"),
+    [
+        ("lora_r", 2048, "--lora-r"),  # parsed once with LoraSettings' own bounds, not a looser copy
+        ("batch_size", 0, "--batch-size"),
+        ("lr", float("inf"), "--lr"),
+        ("max_length", 1, "--max-length"),
+        ("local_epochs", 0, "--local-epochs"),
+    ],
+)
+def test_composed_settings_are_validated_with_their_own_bounds_and_named_by_the_option(parameter, value, flag):
+    with pytest.raises(ConfigError, match=f"option '{flag}'"):
+        ro.federation_config(shared_values(**{parameter: value}), {"labels": ("no", "yes")})
+
+
+def test_duplicate_labels_from_the_data_are_refused():
+    with pytest.raises(ConfigError, match="labels must be distinct"):
+        ro.federation_config(shared_values(), {"labels": ("no", "no")})

@@ -15,6 +15,7 @@ from client.runtime import site_data, site_model
 from client.site import resolve_site
 from common.federation import protocol as p
 from common.federation.config import parse_run_config
+from common.federation.rounds import Status
 from common.model.adapter import load_adapter_state
 from common.training.device import resolve_device
 from common.training.evaluation import evaluate
@@ -25,7 +26,7 @@ def evaluate_round(message: Message, context: Context, *, run_config: Mapping[st
     config = parse_run_config(context.run_config if run_config is None else run_config)
     site = resolve_site(context.node_config, config)
     if not site.evaluate:
-        status = ConfigRecord({p.STATE: p.SKIPPED, p.SITE_NAME: site.site_name})
+        status = ConfigRecord({p.STATE: Status.SKIPPED, p.SITE_NAME: site.site_name})
         return Message(RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0}), p.STATUS: status}), reply_to=message)
     runtime = site_model(config)
     data = site_data(site, config, runtime.tokenizer)
@@ -42,5 +43,5 @@ def evaluate_round(message: Message, context: Context, *, run_config: Mapping[st
             "loss": metrics.loss,
         }
     )
-    status = ConfigRecord({p.STATE: p.TRAINED, p.SITE_NAME: site.site_name})
+    status = ConfigRecord({p.STATE: Status.TRAINED, p.SITE_NAME: site.site_name})
     return Message(RecordDict({p.METRICS: record, p.STATUS: status}), reply_to=message)

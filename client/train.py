@@ -25,6 +25,7 @@ from client.site import resolve_site
 from common.errors import BudgetExhaustedError, ConfigError, PrivacyParameterError
 from common.federation import protocol as p
 from common.federation.config import FederationConfig, parse_run_config
+from common.federation.rounds import Status
 from common.federation.site import SiteSettings
 from common.model.adapter import load_adapter_state
 from common.privacy.accountant import AccountantName, get_accountant
@@ -117,7 +118,7 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
             p.TRAIN_LOSS: outcome.final_loss if outcome.final_loss is not None else float("nan"),
         }
     )
-    status = ConfigRecord({p.STATE: p.TRAINED, p.SITE_NAME: site.site_name})
+    status = ConfigRecord({p.STATE: Status.TRAINED, p.SITE_NAME: site.site_name})
     content = RecordDict(
         {
             p.ARRAYS: p.adapter_to_arrays(outcome.adapter, exchanged, dtype=config.upload_dtype),
@@ -129,7 +130,7 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
 
 
 def _refusal(message: Message, site: SiteSettings, reason: str) -> Message:
-    status = ConfigRecord({p.STATE: p.REFUSED, p.SITE_NAME: site.site_name, p.REASON: reason})
+    status = ConfigRecord({p.STATE: Status.REFUSED, p.SITE_NAME: site.site_name, p.REASON: reason})
     metrics = MetricRecord({p.NUM_EXAMPLES: 0})
     return Message(RecordDict({p.METRICS: metrics, p.STATUS: status}), reply_to=message)
 

@@ -8,6 +8,7 @@ mix, and a completed write survives power loss.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -41,5 +42,19 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644) -> None:
-    """Write ``obj`` as indented JSON, atomically and durably."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), mode=mode)
+    """Write ``obj`` as indented JSON (non-finite floats as null), atomically and durably."""
+    atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n").encode(), mode=mode)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts, lists, tuples) replaced by None.
+
+    JSON has no such numbers; fedtune writes strict JSON (``allow_nan=False``) that any reader can parse.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

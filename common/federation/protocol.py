@@ -2,9 +2,9 @@
 
 Train request (server -> site): ``arrays`` (the global adapter) and ``config`` (``server-round``,
 ``fedtune-run-id``, ``num-rounds``). Train reply (site -> server): ``arrays`` with ONLY the tensors the strategy
-exchanges, ``metrics`` (``num-examples`` for weighting, privacy spend, training loss) and ``status`` (``trained``);
-or, when the site's budget cannot pay for the round, no arrays, ``status`` = ``refused`` with the reason, and
-``num-examples`` = 0.
+exchanges, ``metrics`` (``num-examples`` for weighting, privacy spend, training loss) and ``status`` (``state`` =
+:attr:`Status.TRAINED`); or, when the site's budget cannot pay for the round, no arrays, ``state`` =
+:attr:`Status.REFUSED` with the reason, and ``num-examples`` = 0.
 """
 
 from __future__ import annotations
@@ -44,11 +44,8 @@ TRAIN_LOSS = "train-loss"
 EXAMPLES_SEEN = "examples-seen"
 TRAIN_SECONDS = "train-seconds"
 
-# status (site -> server)
+# status (site -> server): STATE holds a rounds.Status value (trained, refused, or skipped for evaluation)
 STATE = "state"
-TRAINED = "trained"
-REFUSED = "refused"
-SKIPPED = "skipped"  # evaluation: the site does not release metrics
 REASON = "reason"
 SITE_NAME = "site-name"
 

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.errors import FederationError, UpdateRejectedError
 from common.federation import protocol as p
+from common.federation.rounds import Status
 from server.validation import validate_update
 
 log = logging.getLogger(__name__)
@@ -256,15 +257,15 @@ class AdapterStrategy(FedAvg):
         metric_record = content.metric_records.get(p.METRICS, MetricRecord())
         metrics = {k: float(v) for k, v in metric_record.items() if isinstance(v, int | float)}
         state = status.get(p.STATE)
-        if state == p.REFUSED:
+        if state == Status.REFUSED:
             reason = str(status.get(p.REASON, "refused"))
             self.excluded[node] = reason
             log.warning("site %s (node %d) refused: %s; it will not be sampled again", name, node, reason)
             return SiteResult(node, name, "refused", reason, metrics)
         source = f"site {name} (node {node})"
         try:
-            if state != p.TRAINED:
-                raise UpdateRejectedError(f"{source}: reply status {state!r} is not {p.TRAINED!r}")
+            if state != Status.TRAINED:
+                raise UpdateRejectedError(f"{source}: reply status {state!r} is not {Status.TRAINED!r}")
             if list(content.array_records) != [p.ARRAYS]:
                 raise UpdateRejectedError(f"{source}: expected exactly one ArrayRecord named {p.ARRAYS!r}")
             weight = metrics.get(p.NUM_EXAMPLES, 0.0)

@@ -22,6 +22,7 @@ def _reply(arrays: ArrayRecord) -> Message:
     from flwr.supercore.task_identity import TaskIdentity
 
     from common.federation import protocol as p
+    from common.federation.rounds import Status
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     request = Message(content=RecordDict(), message_type=MessageType.TRAIN, dst_node_id=1)
@@ -38,7 +39,7 @@ def _reply(arrays: ArrayRecord) -> Message:
             p.TRAIN_LOSS: 0.5,
         }
     )
-    status = ConfigRecord({p.STATE: p.TRAINED, p.SITE_NAME: "site-0"})
+    status = ConfigRecord({p.STATE: Status.TRAINED, p.SITE_NAME: "site-0"})
     return Message(RecordDict({p.ARRAYS: arrays, p.METRICS: metrics, p.STATUS: status}), reply_to=request)
 
 

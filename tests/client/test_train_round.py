@@ -10,6 +10,7 @@ from client.train import train_round
 from common.errors import ConfigError, ModelError
 from common.federation import protocol as p
 from common.federation.config import parse_run_config
+from common.federation.rounds import Status
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger
 from tests.flower_helpers import make_sites
@@ -57,7 +58,7 @@ def test_trained_reply_carries_only_exchanged_tensors_and_spend(setup):
     config, site, context, initial = setup
     reply = train_round(request(initial), context)
     status = reply.content.config_records[p.STATUS]
-    assert status[p.STATE] == p.TRAINED and status[p.SITE_NAME] == site.site_name
+    assert status[p.STATE] == Status.TRAINED and status[p.SITE_NAME] == site.site_name
     sent = set(reply.content.array_records[p.ARRAYS].keys())
     assert sent and not any(".lora_A." in k for k in sent)  # FFA: A never leaves the site
     metrics = reply.content.metric_records[p.METRICS]
@@ -92,7 +93,7 @@ def test_exhausted_site_refuses_without_weights(setup):
     before = site.ledger_path.read_bytes()
     reply = train_round(request(initial), context)
     status = reply.content.config_records[p.STATUS]
-    assert status[p.STATE] == p.REFUSED and "already spent" in status[p.REASON]
+    assert status[p.STATE] == Status.REFUSED and "already spent" in status[p.REASON]
     assert not reply.content.array_records
     assert reply.content.metric_records[p.METRICS][p.NUM_EXAMPLES] == 0
     assert site.ledger_path.read_bytes() == before

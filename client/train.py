@@ -29,10 +29,8 @@ from common.federation.rounds import Status
 from common.federation.site import SiteSettings
 from common.model.adapter import load_adapter_state
 from common.privacy.accountant import AccountantName, get_accountant
-from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef
-from common.privacy.records import ReserveRecord
+from common.privacy.ledger import DatasetRef, PrivacyLedger
 from common.training.batches import StepPlan, plan_steps
 from common.training.device import resolve_device
 from common.training.trainer import DpSgdParams, train_adapter
@@ -67,11 +65,12 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     )
     ledger = site.budget.open_ledger()
     dataset = DatasetRef(fingerprint=data.fingerprint, dataset_id=data.dataset_id, num_examples=len(data.train))
-    prior = ledger.snapshot().reservations(data.fingerprint)
     # A dataset stays with the accountant of its first recorded event, whatever a server asks for.
-    accountant: AccountantName = prior[0].accountant if prior else config.accountant
+    accountant = ledger.status(
+        dataset, delta=site.delta, accountant=config.accountant, limit=site.max_epsilon
+    ).accountant
     try:
-        sigma = _run_sigma(context, prior, site, config, plan, run_id, planned_rounds, accountant)
+        sigma = _run_sigma(context, ledger, dataset, site, config, plan, run_id, planned_rounds, accountant)
         event = DpSgdEvent(
             noise_multiplier=sigma, sample_rate=plan.sample_rate, steps=plan.steps, max_grad_norm=config.max_grad_norm
         )
@@ -137,7 +136,8 @@ def _refusal(message: Message, site: SiteSettings, reason: str) -> Message:
 
 def _run_sigma(
     context: Context,
-    prior: list[ReserveRecord],
+    ledger: PrivacyLedger,
+    dataset: DatasetRef,
     site: SiteSettings,
     config: FederationConfig,
     plan: StepPlan,
@@ -150,26 +150,24 @@ def _run_sigma(
     It is the larger of (a) the sigma that spends at most the run's ``target-epsilon`` over the planned rounds and
     (b) the sigma that keeps the dataset within the site's own limit given what OTHER runs already spent. (b) depends
     only on what happened before this run, so a resumed run recomputes the same sigma. Whatever sigma is, the
-    ledger still refuses any round that would pass the limit.
+    ledger still refuses any round that would pass the limit. The ledger answers both (and refuses a dataset
+    trained without privacy); this function only caches the answer for the run.
     """
     cache = context.state.config_records.get(SIGMA_STATE, ConfigRecord())
     if run_id in cache:
         return float(cache[run_id])  # type: ignore[arg-type]
-    if any(r.dp_event() is None for r in prior):
-        raise BudgetExhaustedError(f"site {site.site_name}: the dataset was trained on without privacy")
-    prior_events = [e for r in prior if r.run_id != run_id and (e := r.dp_event()) is not None]
-    common = {
-        "delta": site.delta,
-        "sample_rate": plan.sample_rate,
-        "steps": plan.steps,
-        "rounds": planned_rounds,
-        "max_grad_norm": config.max_grad_norm,
-        "accountant": get_accountant(accountant),
-    }
-    sigma = calibrate_noise_multiplier(target_epsilon=config.target_epsilon, **common)  # type: ignore[arg-type]
-    if site.max_epsilon is not None:
-        within_limit = calibrate_noise_multiplier(target_epsilon=site.max_epsilon, prior=prior_events, **common)  # type: ignore[arg-type]
-        sigma = max(sigma, within_limit)
+    sigma = ledger.calibrate(
+        dataset=dataset,
+        limit=site.max_epsilon,
+        run_epsilon=config.target_epsilon,
+        delta=site.delta,
+        sample_rate=plan.sample_rate,
+        steps=plan.steps,
+        rounds=planned_rounds,
+        max_grad_norm=config.max_grad_norm,
+        accountant=accountant,
+        run_id=run_id,
+    )
     cache[run_id] = sigma
     context.state.config_records[SIGMA_STATE] = cache
     return sigma

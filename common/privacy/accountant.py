@@ -1,6 +1,7 @@
 """Accountants: epsilon of a sequence of DP-SGD events at a given delta.
 
-One interface, several implementations, all wrapping Opacus's analyses rather than re-deriving them:
+One interface, several implementations registered by name in :data:`ACCOUNTANTS`, all wrapping Opacus's analyses
+rather than re-deriving them:
 
 * ``prv`` (default): numerical composition of privacy loss random variables (Gopi, Lee & Wutschitz, NeurIPS 2021,
   "Numerical Composition of Differential Privacy"); returns the upper end of its error bound, so it never
@@ -119,10 +120,15 @@ class RdpAccountant(Accountant):
         return float(accountant.get_epsilon(delta=delta))
 
 
+#: Name -> accountant class (the registry pattern of opacus/accountants/registry.py). A ledger records the name of
+#: the accountant each dataset is accounted with, so a name's meaning must never change once used.
+ACCOUNTANTS: dict[str, type[Accountant]] = {cls.name: cls for cls in (PrvAccountant, RdpAccountant)}
+
+
 def get_accountant(name: AccountantName | str) -> Accountant:
-    """The accountant called ``name`` ("prv" or "rdp")."""
-    if name == "prv":
-        return PrvAccountant()
-    if name == "rdp":
-        return RdpAccountant()
-    raise PrivacyParameterError(f"unknown accountant {name!r}; choose 'prv' or 'rdp'")
+    """A new accountant of the kind registered as ``name`` (see :data:`ACCOUNTANTS`)."""
+    cls = ACCOUNTANTS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        choices = " or ".join(repr(known) for known in ACCOUNTANTS)
+        raise PrivacyParameterError(f"unknown accountant {name!r}; choose {choices}")
+    return cls()

@@ -15,8 +15,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.errors import LedgerCorruptError
-from common.privacy.ledger import LedgerSnapshot, PrivacyLedger, epsilon_of, read_unverified
+from common.privacy.ledger import PrivacyLedger, epsilon_of
 from common.privacy.records import ReserveRecord
+from common.privacy.storage import LedgerSnapshot, read_unverified
 
 AUDIT_SCHEMA = "fedtune-audit/1"
 MAX_PLOT_POINTS = 200

@@ -1,13 +1,22 @@
-"""A site's budget settings: which ledger, what epsilon limit, which signing key. The site sets them, never a server."""
+"""A dataset's budget: the site's settings (which ledger, what limit, which key) and what a dataset has spent of it.
+
+The site sets its budget, never a server. :class:`BudgetStatus` is the answer to "what has this dataset spent, and
+may it train privately at all?"; :class:`~common.privacy.ledger.PrivacyLedger` computes it from the recorded events.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.privacy.ledger import PrivacyLedger
+from common.privacy.accountant import AccountantName
+
+if TYPE_CHECKING:
+    from common.privacy.ledger import PrivacyLedger
 
 #: The lifetime epsilon limit per dataset when a site does not choose one.
 DEFAULT_MAX_EPSILON = 10.0
@@ -42,10 +51,50 @@ class BudgetSettings(BaseModel):
 
     def open_ledger(self) -> PrivacyLedger:
         """The ledger, with the signing key loaded if one is configured."""
+        from common.privacy.ledger import PrivacyLedger  # the ledger module uses BudgetStatus from this one
         from common.privacy.signing import load_signing_key
 
         key = load_signing_key(self.signing_key) if self.signing_key is not None else None
         return PrivacyLedger(self.ledger, signing_key=key)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """What one dataset has spent of its limit, recomputed from its recorded events.
+
+    ``spent`` is epsilon at ``delta`` with ``accountant`` (the dataset's first event's, or the caller's for a dataset
+    with no events), infinite once the dataset was trained on without privacy; reserved-only events count as spent.
+    """
+
+    dataset_id: str
+    fingerprint: str
+    spent: float
+    limit: float | None
+    events: int
+    non_private: bool
+    delta: float
+    accountant: AccountantName
+
+    @property
+    def remaining(self) -> float | None:
+        """Epsilon left under the limit (never negative); None when there is no limit."""
+        return None if self.limit is None else max(0.0, self.limit - self.spent)
+
+    def refusal(self) -> str | None:
+        """Why this dataset may not train privately at all, or None if it may.
+
+        A dataset trained without privacy has an infinite epsilon for good: no noise added later makes its next
+        release private. A dataset that spent its limit has nothing left for even the smallest round.
+        """
+        name = f"dataset {self.dataset_id} ({self.fingerprint[:12]})"
+        if self.non_private:
+            return f"{name} was trained on without privacy; no noise level can make further training private"
+        if self.limit is not None and self.spent >= self.limit:
+            return (
+                f"{name} has already spent epsilon {self.spent:.4g} of its limit {self.limit:g} at delta "
+                f"{self.delta:g} in {self.events} event(s); no further private training fits"
+            )
+        return None
 
 
 def parse_limit(text: str) -> float | None:

@@ -74,3 +74,42 @@ def calibrate_noise_multiplier(
         else:
             low = mid
     return high
+
+
+def calibrate_run(
+    *,
+    limit: float | None,
+    run_epsilon: float | None,
+    prior: Sequence[DpSgdEvent],
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    rounds: int,
+    max_grad_norm: float,
+    accountant: Accountant,
+) -> float:
+    """Smallest sigma for a run's plan (``rounds`` x ``steps`` steps at ``sample_rate``) that meets every budget given.
+
+    The plan must keep ``prior`` plus the run within the lifetime ``limit``, and the run alone (no prior) within
+    ``run_epsilon``. Epsilon falls as sigma grows, so the sigma meeting both is the larger of the two calibrations.
+    Raises PrivacyParameterError if neither budget is given or if no sigma fits one of them.
+    """
+    if limit is None and run_epsilon is None:
+        raise PrivacyParameterError("calibrating noise needs an epsilon: a lifetime limit or a per-run target")
+
+    def fit(target: float, spent_before: Sequence[DpSgdEvent]) -> float:
+        return calibrate_noise_multiplier(
+            target_epsilon=target,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            rounds=rounds,
+            max_grad_norm=max_grad_norm,
+            prior=spent_before,
+            accountant=accountant,
+        )
+
+    sigmas = [] if run_epsilon is None else [fit(run_epsilon, ())]
+    if limit is not None:
+        sigmas.append(fit(limit, prior))
+    return max(sigmas)

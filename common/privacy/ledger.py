@@ -1,4 +1,4 @@
-"""The per-site privacy ledger: persistent, append-only, hash-chained, and checked before every spend.
+"""The per-site privacy ledger's API and policy: what a dataset may spend, checked before every spend.
 
 Promise to a data owner: a dataset never spends more than its limit, however many rounds, runs, servers or
 processes touch it. How the ledger keeps it:
@@ -14,55 +14,36 @@ processes touch it. How the ledger keeps it:
   rename) BEFORE returning, i.e. before training starts. :meth:`PrivacyLedger.commit` appends a *commit* record
   after training and before any update leaves the site. A reserve without a commit counts as spent, so a crash at
   any moment leaves the ledger saying at least what was really spent.
-* **Serialised.** Read-verify-append runs under an exclusive file lock, so two processes cannot both pass the check
-  on the same remaining budget.
-* **Tamper-evident.** Records form a hash chain (optionally Ed25519-signed); a head anchor beside the file records
-  the last sequence number and hash, so deleting events from the end is detected too. Reads verify everything and
-  fail closed: a corrupt or tampered ledger refuses further training.
+* **One accounting per dataset.** A dataset is accounted at the delta and with the accountant of its first event;
+  a request with another delta or accountant is refused.
+* **Budget questions answered here, once.** :meth:`PrivacyLedger.status` (what was spent of the limit),
+  :meth:`PrivacyLedger.check_trainable` (may the dataset train privately at all) and
+  :meth:`PrivacyLedger.calibrate` (the noise that fits a plan, excluding the current run's own rounds) are what
+  sites and the CLI ask; none of them re-derives the answer.
+* **Serialised and tamper-evident.** Read-verify-append runs under an exclusive file lock
+  (:mod:`common.privacy.storage`, which also owns the file format's bytes and the head anchor); every read verifies
+  the hash chain, signatures and head anchor (:mod:`common.privacy.verification`) and fails closed.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import math
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from filelock import FileLock, Timeout
-from pydantic import BaseModel, ValidationError
 
-from common.errors import (
-    BudgetExhaustedError,
-    LedgerCorruptError,
-    LedgerError,
-    LedgerTamperError,
-    PrivacyParameterError,
-)
-from common.fileio import atomic_write_bytes
+from common.errors import BudgetExhaustedError, LedgerError, PrivacyParameterError
 from common.privacy.accountant import AccountantName, check_delta, get_accountant
+from common.privacy.budget import BudgetStatus
+from common.privacy.calibration import calibrate_run
 from common.privacy.events import MECHANISM, DpSgdEvent
-from common.privacy.records import (
-    GENESIS_HASH,
-    NON_PRIVATE,
-    RECORD_ADAPTER,
-    CommitRecord,
-    HeaderRecord,
-    ReserveRecord,
-    canonical_json,
-    encode_record,
-    record_hash,
-)
-from common.privacy.signing import parse_public_key, public_key_text, sign_hash, signature_valid
-
-LedgerRecordT = HeaderRecord | ReserveRecord | CommitRecord
-RecordT = TypeVar("RecordT", HeaderRecord, ReserveRecord, CommitRecord)
+from common.privacy.records import GENESIS_HASH, NON_PRIVATE, CommitRecord, ReserveRecord, timestamp
+from common.privacy.storage import LedgerFile, LedgerSnapshot
+from common.privacy.verification import verified_snapshot
 
 
 @dataclass(frozen=True)
@@ -88,33 +69,6 @@ class Reservation:
         return self.record.event_id
 
 
-@dataclass(frozen=True)
-class LedgerSnapshot:
-    """A verified, immutable view of a ledger file's records (empty when the file does not exist yet)."""
-
-    path: Path
-    records: tuple[LedgerRecordT, ...] = ()
-    committed: frozenset[str] = field(default_factory=frozenset)
-
-    @property
-    def header(self) -> HeaderRecord | None:
-        """The header record, if the ledger exists."""
-        first = self.records[0] if self.records else None
-        return first if isinstance(first, HeaderRecord) else None
-
-    def reservations(self, fingerprint: str | None = None) -> list[ReserveRecord]:
-        """Reserve records (every one counts as spent), optionally of one dataset, in ledger order."""
-        return [
-            r
-            for r in self.records
-            if isinstance(r, ReserveRecord) and (fingerprint is None or r.dataset_fingerprint == fingerprint)
-        ]
-
-    def fingerprints(self) -> list[str]:
-        """Datasets in order of first appearance."""
-        return list(dict.fromkeys(r.dataset_fingerprint for r in self.reservations()))
-
-
 def epsilon_of(reservations: Sequence[ReserveRecord], *, delta: float, accountant: AccountantName) -> float:
     """Epsilon spent by ``reservations`` at ``delta`` (infinite if any was non-private)."""
     events: list[DpSgdEvent] = []
@@ -124,27 +78,6 @@ def epsilon_of(reservations: Sequence[ReserveRecord], *, delta: float, accountan
             return math.inf
         events.append(event)
     return get_accountant(accountant).epsilon(events, delta=delta)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-def head_path(path: Path) -> Path:
-    """Where a ledger's head anchor (last seq and hash) lives."""
-    return path.with_name(path.name + ".head")
-
-
-class _Head(BaseModel):
-    seq: int
-    hash: str
-    ledger_id: str
-    signature: str | None = None
-
-    def signed_message(self) -> str:
-        return hashlib.sha256(
-            canonical_json({"head": self.ledger_id, "seq": self.seq, "hash": self.hash}).encode()
-        ).hexdigest()
 
 
 class PrivacyLedger:
@@ -161,23 +94,79 @@ class PrivacyLedger:
         self.path = Path(path)
         self.signing_key = signing_key
         self.trusted_public_key = trusted_public_key
-        self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout)
+        self._file = LedgerFile(self.path, signing_key=signing_key, lock_timeout=lock_timeout)
 
-    # ----------------------------------------------------------------------------------------------- reading
+    # ----------------------------------------------------------------------------------------------- questions
     def snapshot(self) -> LedgerSnapshot:
         """Read and fully verify the ledger (parse, hash chain, signatures, head anchor)."""
-        if not self.path.exists():
-            if head_path(self.path).exists():
-                raise LedgerTamperError(f"{self.path}: the ledger file is missing but its head anchor exists")
-            return LedgerSnapshot(path=self.path)
-        records = _parse(self.path)
-        committed = _verify_chain(self.path, records, self.trusted_public_key)
-        _verify_head(self.path, records)
-        return LedgerSnapshot(path=self.path, records=tuple(records), committed=frozenset(committed))
+        return verified_snapshot(self.path, trusted=self.trusted_public_key)
 
     def spent(self, fingerprint: str, *, delta: float, accountant: AccountantName = "prv") -> float:
         """Epsilon spent so far on the dataset ``fingerprint`` at ``delta`` (reserved counts as spent)."""
         return epsilon_of(self.snapshot().reservations(fingerprint), delta=delta, accountant=accountant)
+
+    def status(
+        self, dataset: DatasetRef, *, delta: float, accountant: AccountantName = "prv", limit: float | None
+    ) -> BudgetStatus:
+        """What ``dataset`` has spent of ``limit``, accounted as the dataset is accounted.
+
+        A dataset with events is reported at its first event's delta and accountant (the ones every spend on it
+        uses); ``delta`` and ``accountant`` apply only to a dataset the ledger has not seen yet.
+        """
+        return _status(self.snapshot().reservations(dataset.fingerprint), dataset, delta, accountant, limit)
+
+    def check_trainable(
+        self, dataset: DatasetRef, *, delta: float, accountant: AccountantName = "prv", limit: float | None
+    ) -> BudgetStatus:
+        """May ``dataset`` train privately at all? Return its status if so.
+
+        Raises BudgetExhaustedError, naming the dataset, the ledger and the reason, if the dataset was ever trained
+        without privacy (its epsilon is infinite for good) or has already spent ``limit``. Whether one more round
+        fits is :meth:`reserve`'s question, answered with the round's own cost.
+        """
+        status = self.status(dataset, delta=delta, accountant=accountant, limit=limit)
+        self._refuse(status)
+        return status
+
+    def calibrate(
+        self,
+        *,
+        dataset: DatasetRef,
+        limit: float | None,
+        delta: float,
+        sample_rate: float,
+        steps: int,
+        rounds: int,
+        max_grad_norm: float,
+        accountant: AccountantName = "prv",
+        run_id: str | None = None,
+        run_epsilon: float | None = None,
+    ) -> float:
+        """Smallest sigma that keeps a plan of ``rounds`` rounds x ``steps`` steps within every budget given.
+
+        * ``limit``: the dataset's lifetime limit, given what was spent before. With ``run_id``, the events of that
+          run are left out: they are part of the run's own plan, so its earlier rounds do not lower its sigma, and a
+          resumed run recomputes the same sigma. Without ``run_id`` every recorded event counts.
+        * ``run_epsilon``: what the run alone may spend (e.g. a server's per-run target), with no prior.
+
+        Raises BudgetExhaustedError if the dataset was trained on without privacy, PrivacyParameterError if no
+        sigma fits or if ``delta`` or ``accountant`` differ from the dataset's.
+        """
+        prior = self.snapshot().reservations(dataset.fingerprint)
+        _check_consistent(dataset, prior, delta, accountant)
+        self._refuse(_status(prior, dataset, delta, accountant, None))  # only a non-private history refuses
+        others = [e for r in prior if r.run_id != run_id and (e := r.dp_event()) is not None]
+        return calibrate_run(
+            limit=limit,
+            run_epsilon=run_epsilon,
+            prior=others,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            rounds=rounds,
+            max_grad_norm=max_grad_norm,
+            accountant=get_accountant(accountant),
+        )
 
     # ----------------------------------------------------------------------------------------------- spending
     def reserve(
@@ -197,12 +186,28 @@ class PrivacyLedger:
         Raises BudgetExhaustedError (the ledger unchanged) if the projection exceeds ``limit``.
         """
         _check_request(dataset, event, delta, limit)
-        with self._locked():
+        with self._file.locked():
             snapshot = self.snapshot()
             prior = snapshot.reservations(dataset.fingerprint)
             _check_consistent(dataset, prior, delta, accountant)
             before = epsilon_of(prior, delta=delta, accountant=accountant)
-            record = self._next_reserve(dataset, event, delta, limit, accountant, run_id, round)
+            mechanism: dict[str, object] = (
+                {"mechanism": NON_PRIVATE} if event is None else {"mechanism": MECHANISM, **event.model_dump()}
+            )
+            record = ReserveRecord(
+                seq=0,  # placeholder: the storage layer seals seq, prev_hash and hash
+                prev_hash=GENESIS_HASH,
+                created_at=timestamp(),
+                event_id=str(uuid.uuid4()),
+                dataset_id=dataset.dataset_id,
+                dataset_fingerprint=dataset.fingerprint,
+                run_id=run_id,
+                round=round,
+                delta=delta,
+                limit_epsilon=limit,
+                accountant=accountant,
+                **mechanism,
+            )
             after = epsilon_of([*prior, record], delta=delta, accountant=accountant)
             if limit is not None and after > limit:
                 cost = "an infinite epsilon (no privacy)" if event is None else f"epsilon {after:.4g}"
@@ -211,28 +216,28 @@ class PrivacyLedger:
                     f"spent epsilon {before:.4g} at delta {delta:g} in {len(prior)} event(s); this round "
                     f"({_describe(event)}) would bring it to {cost}, over the limit {limit:g}. Nothing was trained."
                 )
-            sealed = self._append(snapshot, record)
+            sealed = self._file.append(snapshot, record)
         return Reservation(record=sealed, epsilon_before=before, epsilon_after=after)
 
     def commit(
         self, reservation: Reservation, *, examples_seen: int | None = None, empty_batches: int | None = None
     ) -> None:
         """Record that the reserved act completed (call before its result leaves the site)."""
-        with self._locked():
+        with self._file.locked():
             snapshot = self.snapshot()
             if reservation.event_id not in {r.event_id for r in snapshot.reservations()}:
                 raise LedgerError(f"{self.path}: no reservation {reservation.event_id} to commit")
             if reservation.event_id in snapshot.committed:
                 raise LedgerError(f"{self.path}: reservation {reservation.event_id} is already committed")
             record = CommitRecord(
-                seq=0,  # placeholder: _append seals seq, prev_hash and hash
+                seq=0,  # placeholder: the storage layer seals seq, prev_hash and hash
                 prev_hash=GENESIS_HASH,
-                created_at=_now(),
+                created_at=timestamp(),
                 event_id=reservation.event_id,
                 examples_seen=examples_seen,
                 empty_batches=empty_batches,
             )
-            self._append(snapshot, record)
+            self._file.append(snapshot, record)
 
     @contextmanager
     def spending(
@@ -253,139 +258,31 @@ class PrivacyLedger:
         yield reservation
         self.commit(reservation)
 
-    def calibrate(
-        self,
-        *,
-        dataset: DatasetRef,
-        limit: float,
-        delta: float,
-        sample_rate: float,
-        steps: int,
-        rounds: int,
-        max_grad_norm: float,
-        accountant: AccountantName = "prv",
-    ) -> float:
-        """Smallest sigma that keeps this dataset's whole plan within ``limit``.
-
-        The plan is the spend so far plus ``rounds`` rounds of ``steps`` steps at ``sample_rate``; raises
-        PrivacyParameterError if no sigma fits, BudgetExhaustedError if the dataset was trained on without privacy.
-        """
-        from common.privacy.calibration import calibrate_noise_multiplier
-
-        prior = self.snapshot().reservations(dataset.fingerprint)
-        _check_consistent(dataset, prior, delta, accountant)
-        if any(r.mechanism == NON_PRIVATE for r in prior):
-            raise BudgetExhaustedError(
-                f"dataset {dataset.dataset_id} ({dataset.fingerprint[:12]}) was trained on without privacy; "
-                "no noise level can make further training private"
-            )
-        return calibrate_noise_multiplier(
-            target_epsilon=limit,
-            delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            rounds=rounds,
-            max_grad_norm=max_grad_norm,
-            prior=[e for r in prior if (e := r.dp_event()) is not None],
-            accountant=get_accountant(accountant),
-        )
-
-    # ----------------------------------------------------------------------------------------------- internals
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._lock:
-                # Holding the lock, no writer is active: temp files beside the ledger are leftovers of writers
-                # that were killed mid-write (the rename never happened, so their content was never part of it).
-                for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-                    stale.unlink(missing_ok=True)
-                yield
-        except Timeout:
-            raise LedgerError(f"{self.path}: another process holds the ledger lock ({self._lock.lock_file})") from None
-
-    def _next_reserve(
-        self,
-        dataset: DatasetRef,
-        event: DpSgdEvent | None,
-        delta: float,
-        limit: float | None,
-        accountant: AccountantName,
-        run_id: str,
-        round: int,
-    ) -> ReserveRecord:
-        mechanism_fields: dict[str, object] = (
-            {"mechanism": NON_PRIVATE} if event is None else {"mechanism": MECHANISM, **event.model_dump()}
-        )
-        return ReserveRecord(
-            seq=0,  # placeholder: _append seals seq, prev_hash and hash
-            prev_hash=GENESIS_HASH,
-            created_at=_now(),
-            event_id=str(uuid.uuid4()),
-            dataset_id=dataset.dataset_id,
-            dataset_fingerprint=dataset.fingerprint,
-            run_id=run_id,
-            round=round,
-            delta=delta,
-            limit_epsilon=limit,
-            accountant=accountant,
-            **mechanism_fields,
-        )
-
-    def _seal(self, record: RecordT, prev_hash: str) -> RecordT:
-        unsigned = record.model_copy(update={"prev_hash": prev_hash, "hash": "", "signature": None})
-        digest = record_hash(unsigned)
-        signature = sign_hash(self.signing_key, digest) if self.signing_key is not None else None
-        return unsigned.model_copy(update={"hash": digest, "signature": signature})
-
-    def _append(self, snapshot: LedgerSnapshot, record: RecordT) -> RecordT:
-        """Seal ``record`` after the snapshot's last record and make it durable; return the sealed record.
-
-        The ledger file is replaced atomically first, then the head anchor; a crash between the two leaves the
-        anchor one record behind, which verification accepts (it only refuses an anchor AHEAD of the file).
-        """
-        header = snapshot.header
-        new_lines: list[LedgerRecordT] = []
-        if header is None:
-            header = self._seal(
-                HeaderRecord(
-                    seq=0,
-                    prev_hash=GENESIS_HASH,
-                    created_at=_now(),
-                    ledger_id=str(uuid.uuid4()),
-                    public_key=public_key_text(self.signing_key.public_key()) if self.signing_key else None,
-                ),
-                GENESIS_HASH,
-            )
-            new_lines.append(header)
-        elif header.public_key is not None:
-            if self.signing_key is None:
-                raise LedgerError(f"{self.path}: this ledger is signed; pass its signing key to write to it")
-            if public_key_text(self.signing_key.public_key()) != header.public_key:
-                raise LedgerError(f"{self.path}: the signing key given is not the key this ledger is signed with")
-        elif self.signing_key is not None:
-            raise LedgerError(f"{self.path}: this ledger was created unsigned; it cannot switch to signing")
-        last = new_lines[-1] if new_lines else snapshot.records[-1]
-        sealed = self._seal(record.model_copy(update={"seq": last.seq + 1}), last.hash)
-        new_lines.append(sealed)
-        existing = self.path.read_bytes() if self.path.exists() else b""
-        addition = "".join(encode_record(r) + "\n" for r in new_lines).encode()
-        atomic_write_bytes(self.path, existing + addition)
-        head = _Head(seq=sealed.seq, hash=sealed.hash, ledger_id=header.ledger_id)
-        if self.signing_key is not None:
-            head = head.model_copy(update={"signature": sign_hash(self.signing_key, head.signed_message())})
-        atomic_write_bytes(head_path(self.path), (head.model_dump_json() + "\n").encode())
-        return sealed
+    def _refuse(self, status: BudgetStatus) -> None:
+        reason = status.refusal()
+        if reason is not None:
+            raise BudgetExhaustedError(f"{reason} (ledger {self.path})")
 
 
-def read_unverified(path: Path) -> LedgerSnapshot:
-    """Parse a ledger WITHOUT checking its chain, signatures or anchor (for showing a damaged ledger to an auditor).
-
-    Unparseable files still raise LedgerCorruptError naming the line; training never uses this function.
-    """
-    records = _parse(path)
-    committed = frozenset(r.event_id for r in records if isinstance(r, CommitRecord))
-    return LedgerSnapshot(path=path, records=tuple(records), committed=committed)
+def _status(
+    prior: Sequence[ReserveRecord],
+    dataset: DatasetRef,
+    delta: float,
+    accountant: AccountantName,
+    limit: float | None,
+) -> BudgetStatus:
+    if prior:  # a dataset is accounted at its first event's delta and accountant
+        delta, accountant = prior[0].delta, prior[0].accountant
+    return BudgetStatus(
+        dataset_id=dataset.dataset_id,
+        fingerprint=dataset.fingerprint,
+        spent=epsilon_of(prior, delta=delta, accountant=accountant),
+        limit=limit,
+        events=len(prior),
+        non_private=any(r.mechanism == NON_PRIVATE for r in prior),
+        delta=delta,
+        accountant=accountant,
+    )
 
 
 def _describe(event: DpSgdEvent | None) -> str:
@@ -429,119 +326,3 @@ def _check_consistent(
             f"dataset {dataset.dataset_id} is accounted with the {first.accountant} accountant in this ledger; "
             f"got {accountant}"
         )
-
-
-def _parse(path: Path) -> list[LedgerRecordT]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise LedgerCorruptError(f"{path}: cannot read the ledger: {exc.strerror}") from None
-    if not raw:
-        raise LedgerCorruptError(f"{path}: the ledger file is empty (expected at least its header)")
-    lines = raw.split(b"\n")
-    if lines[-1] != b"":
-        raise LedgerCorruptError(
-            f"{path}:{len(lines)}: truncated last line (no end of line): the ledger was cut off or damaged"
-        )
-    records: list[LedgerRecordT] = []
-    for number, line in enumerate(lines[:-1], start=1):
-        try:
-            payload = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LedgerCorruptError(f"{path}:{number}: not a valid ledger line ({exc})") from None
-        try:
-            records.append(RECORD_ADAPTER.validate_python(payload))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise LedgerCorruptError(f"{path}:{number}: not a valid ledger record ({where}: {first['msg']})") from None
-    return records
-
-
-def _verify_chain(path: Path, records: Sequence[LedgerRecordT], trusted: Ed25519PublicKey | None) -> set[str]:
-    """Raise LedgerTamperError at the first record that breaks the chain; return committed event ids."""
-    header = records[0]
-    if not isinstance(header, HeaderRecord):
-        raise LedgerTamperError(f"{path}:1: the first record is a {header.type} record, not the ledger header")
-    public_key = parse_public_key(header.public_key, source=f"{path}:1") if header.public_key else None
-    if trusted is not None:
-        if public_key is None:
-            raise LedgerTamperError(f"{path}: expected a ledger signed by the trusted key, but it is unsigned")
-        if public_key_text(public_key) != public_key_text(trusted):
-            raise LedgerTamperError(f"{path}:1: the ledger header names a different signing key than the trusted one")
-    reserved: set[str] = set()
-    committed: set[str] = set()
-    previous_hash = GENESIS_HASH
-    for expected_seq, record in enumerate(records):
-        line = expected_seq + 1
-        name = _record_name(record, line)
-        if record_hash(record) != record.hash:
-            raise LedgerTamperError(f"{path}:{line}: {name} does not match its hash: the record was edited")
-        if record.seq > expected_seq:
-            raise LedgerTamperError(
-                f"{path}:{line}: {name} follows seq {expected_seq - 1}: event(s) seq {expected_seq}"
-                f"{'' if record.seq == expected_seq + 1 else f'..{record.seq - 1}'} were deleted"
-            )
-        if record.seq < expected_seq:
-            raise LedgerTamperError(
-                f"{path}:{line}: {name} appears after seq {expected_seq - 1}: an event was inserted or reordered"
-            )
-        if record.prev_hash != previous_hash:
-            raise LedgerTamperError(
-                f"{path}:{line}: {name} does not chain to the record before it: a record was replaced, "
-                "inserted or reordered"
-            )
-        if public_key is not None and (
-            record.signature is None or not signature_valid(public_key, record.hash, record.signature)
-        ):
-            raise LedgerTamperError(f"{path}:{line}: {name} has a missing or invalid signature")
-        if expected_seq > 0 and isinstance(record, HeaderRecord):
-            raise LedgerTamperError(f"{path}:{line}: a second header record: ledgers were spliced together")
-        if isinstance(record, ReserveRecord):
-            if record.event_id in reserved:
-                raise LedgerTamperError(f"{path}:{line}: {name} repeats an event id: an event was duplicated")
-            reserved.add(record.event_id)
-        elif isinstance(record, CommitRecord):
-            if record.event_id not in reserved or record.event_id in committed:
-                raise LedgerTamperError(f"{path}:{line}: {name} commits an event that was not reserved before it")
-            committed.add(record.event_id)
-        previous_hash = record.hash
-    return committed
-
-
-def _verify_head(path: Path, records: Sequence[LedgerRecordT]) -> None:
-    anchor = head_path(path)
-    header = records[0]
-    assert isinstance(header, HeaderRecord)
-    if not anchor.exists():
-        # The first write creates the header and the first record together, then the anchor: a crash in between
-        # leaves exactly two records and no anchor. Anything else without an anchor was tampered with.
-        if len(records) == 2:
-            return
-        raise LedgerTamperError(f"{anchor}: the head anchor is missing (it records where the ledger ends)")
-    try:
-        head = _Head.model_validate_json(anchor.read_bytes())
-    except ValidationError:
-        raise LedgerTamperError(f"{anchor}: the head anchor is unreadable") from None
-    last = records[-1].seq
-    if head.ledger_id != header.ledger_id:
-        raise LedgerTamperError(f"{anchor}: the head anchor belongs to another ledger")
-    if head.seq > last:
-        raise LedgerTamperError(
-            f"{path}: the ledger ends at seq {last} but its head anchor records seq {head.seq}: "
-            f"event(s) seq {last + 1}..{head.seq} were deleted from the end"
-        )
-    if records[head.seq].hash != head.hash:
-        raise LedgerTamperError(f"{path}: record seq {head.seq} does not match the hash in the head anchor")
-    if header.public_key is not None:
-        key = parse_public_key(header.public_key, source=str(path))
-        if head.signature is None or not signature_valid(key, head.signed_message(), head.signature):
-            raise LedgerTamperError(f"{anchor}: the head anchor's signature is missing or invalid")
-
-
-def _record_name(record: LedgerRecordT, line: int) -> str:
-    if isinstance(record, ReserveRecord):
-        return f"reserve record seq {record.seq} (event {record.event_id}, run {record.run_id}, round {record.round})"
-    if isinstance(record, CommitRecord):
-        return f"commit record seq {record.seq} (event {record.event_id})"
-    return f"header record seq {record.seq}"

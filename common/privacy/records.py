@@ -13,6 +13,7 @@ No record stores epsilon: spend is always recomputed from the reserve records' m
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from typing import Annotated, Any, Literal
@@ -103,8 +104,10 @@ class CommitRecord(_Record):
     empty_batches: int | None = Field(default=None, ge=0)
 
 
-LedgerRecord = Annotated[HeaderRecord | ReserveRecord | CommitRecord, Field(discriminator="type")]
-RECORD_ADAPTER: TypeAdapter[HeaderRecord | ReserveRecord | CommitRecord] = TypeAdapter(LedgerRecord)
+#: Any one line of a ledger (for annotations); :data:`LedgerRecord` adds the discriminator that parsing uses.
+AnyRecord = HeaderRecord | ReserveRecord | CommitRecord
+LedgerRecord = Annotated[AnyRecord, Field(discriminator="type")]
+RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(LedgerRecord)
 
 
 def canonical_json(payload: dict[str, Any]) -> str:
@@ -121,3 +124,8 @@ def record_hash(record: BaseModel) -> str:
 def encode_record(record: BaseModel) -> str:
     """The record's line in the ledger file (without the newline)."""
     return canonical_json(record.model_dump(mode="json"))
+
+
+def timestamp() -> str:
+    """A record's ``created_at``: the current UTC time, ISO 8601 with microseconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")

@@ -99,6 +99,20 @@ def test_exhausted_site_refuses_without_weights(setup):
     assert site.ledger_path.read_bytes() == before
 
 
+def test_a_dataset_trained_without_privacy_is_refused(setup):
+    _config, site, context, initial = setup
+    from common.data.readers import read_labeled_file
+
+    source = read_labeled_file(site.data_path)
+    dataset = DatasetRef(source.fingerprint, "baseline", len(source))
+    PrivacyLedger(site.ledger_path).reserve(dataset=dataset, event=None, delta=1e-5, limit=None, run_id="baseline")
+    before = site.ledger_path.read_bytes()
+    reply = train_round(request(initial), context)
+    status = reply.content.config_records[p.STATUS]
+    assert status[p.STATE] == Status.REFUSED and "trained on without privacy" in status[p.REASON]
+    assert not reply.content.array_records and site.ledger_path.read_bytes() == before
+
+
 def test_a_bad_global_adapter_is_refused_before_training(setup):
     _config, site, context, initial = setup
     import torch

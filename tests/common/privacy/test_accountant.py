@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import typing
 
 import pytest
 
 from common.errors import PrivacyParameterError
-from common.privacy.accountant import PrvAccountant, RdpAccountant, get_accountant
+from common.privacy.accountant import ACCOUNTANTS, AccountantName, PrvAccountant, RdpAccountant, get_accountant
 from common.privacy.events import DpSgdEvent, compose_history
+from common.privacy.records import ReserveRecord
 
 
 def ev(sigma: float, q: float, steps: int) -> DpSgdEvent:
@@ -79,8 +81,18 @@ def test_edge_cases(name):
 
 
 def test_unknown_accountant():
-    with pytest.raises(PrivacyParameterError, match="unknown accountant"):
+    with pytest.raises(PrivacyParameterError, match="unknown accountant 'gdp'; choose 'prv' or 'rdp'"):
         get_accountant("gdp")
+    with pytest.raises(PrivacyParameterError, match="unknown accountant"):
+        get_accountant(["prv"])  # type: ignore[arg-type]
+
+
+def test_registry_holds_every_accountant_a_ledger_can_record():
+    assert set(ACCOUNTANTS) == set(typing.get_args(AccountantName))
+    assert set(ACCOUNTANTS) == set(typing.get_args(ReserveRecord.model_fields["accountant"].annotation))
+    for name, cls in ACCOUNTANTS.items():
+        accountant = get_accountant(name)
+        assert type(accountant) is cls and accountant.name == name
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ import pytest
 from common.errors import BudgetExhaustedError, LedgerCorruptError, LedgerError, PrivacyParameterError
 from common.privacy.accountant import PrvAccountant
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger, head_path
+from common.privacy.ledger import DatasetRef, PrivacyLedger
 from common.privacy.signing import generate_signing_key, load_signing_key
+from common.privacy.storage import head_path
 
 DATA = DatasetRef(fingerprint="a" * 64, dataset_id="site-a.jsonl", num_examples=10_000)
 OTHER = DatasetRef(fingerprint="b" * 64, dataset_id="site-b.jsonl", num_examples=10_000)

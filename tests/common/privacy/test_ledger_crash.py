@@ -1,85 +1,196 @@
-"""kill -9 at random points: after a restart the ledger still says at least what was really spent."""
+"""kill -9 at every durable step of a reserve and a commit: after a restart the ledger verifies, says at least what
+was really spent, and never loses a committed event.
+
+The worker (a forked child) reports its own progress: in the worker only, the storage layer's atomic write (of the
+ledger, then of its head anchor) and the rename inside it are wrapped to send a marker naming the step and the file,
+then to wait for the parent's go-ahead. The parent SIGKILLs the worker at the chosen marker. Every kill point is hit
+exactly, on every run, however busy the machine: nothing depends on wall-clock time (timeouts are safety nets only).
+A kill -9 is not a power cut: bytes already written survive it whether or not they were fsynced, so the fsyncs are
+not kill points of their own.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 import select
 import signal
-import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from common.privacy.accountant import get_accountant
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger
+from common.privacy.storage import head_path, read_head
 
 DATA = DatasetRef(fingerprint="d" * 64, dataset_id="crash.jsonl", num_examples=10_000)
 EVENT = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.01, steps=10, max_grad_norm=1.0)
-KILLS = 24
+OPS = ("reserve", "commit", "reserve", "commit")  # two rounds; the first reserve creates the ledger
+WRITE_STEPS = ("begin", "rename", "renamed", "done")  # before the write; temp complete; renamed; durable
+SAFETY_TIMEOUT = 120.0  # seconds a worker may take to reach its next marker before the test fails
 
 
-def _worker(path: Path, out_fd: int, seed: int) -> None:
-    """A training loop: reserve (durable) -> report -> 'train' -> commit -> report. Never returns normally."""
-    rng = random.Random(seed)
-    ledger = PrivacyLedger(path)
-    for rnd in range(10_000):
-        reservation = ledger.reserve(
-            dataset=DATA, event=EVENT, delta=1e-5, limit=1e6, accountant="rdp", run_id=f"run-{seed}", round=rnd
-        )
-        os.write(out_fd, f"R {reservation.event_id}\n".encode())
-        time.sleep(rng.uniform(0.0, 0.04))  # local training happens here
-        ledger.commit(reservation)
-        os.write(out_fd, f"C {reservation.event_id}\n".encode())
+def op_markers(op: str) -> list[str]:
+    steps = [f"{step} {file}" for file in ("ledger", "head") for step in WRITE_STEPS]
+    return [*steps, "reserved" if op == "reserve" else "committed"]
 
 
-def _run_and_kill(path: Path, seed: int, run_for: float) -> list[tuple[str, str]]:
-    read_fd, write_fd = os.pipe()
+def expected_markers() -> list[str]:
+    return [marker for op in OPS for marker in op_markers(op)]
+
+
+def kill_point_ids() -> list[str]:
+    return [f"op{i + 1}-{op}:{marker}" for i, op in enumerate(OPS) for marker in op_markers(op)]
+
+
+def _worker(path: Path, report_fd: int, go_fd: int) -> None:
+    """Run OPS, stopping at every durable step to report it and wait for the parent (which may kill instead)."""
+    import common.privacy.storage as storage
+
+    def step(marker: str) -> None:
+        os.write(report_fd, (marker + "\n").encode())
+        if os.read(go_fd, 1) != b"g":  # the parent closed the pipe: it is gone, stop here
+            os._exit(3)
+
+    def file_name(target: str | os.PathLike[str]) -> str:
+        return {str(path): "ledger", str(head_path(path)): "head"}.get(os.fspath(target), f"other:{target}")
+
+    write, replace = storage.atomic_write_bytes, os.replace
+
+    def reporting_write(target: Path, data: bytes, **kwargs: int) -> None:
+        step(f"begin {file_name(target)}")
+        write(target, data, **kwargs)
+        step(f"done {file_name(target)}")
+
+    def reporting_replace(source: str, target: str) -> None:
+        step(f"rename {file_name(target)}")
+        replace(source, target)
+        step(f"renamed {file_name(target)}")
+
+    storage.atomic_write_bytes = reporting_write  # type: ignore[assignment]
+    os.replace = reporting_replace  # type: ignore[assignment]
+    ledger = PrivacyLedger(path, lock_timeout=SAFETY_TIMEOUT)
+    reservation = None
+    for rnd, op in enumerate(OPS):
+        if op == "reserve":
+            reservation = ledger.reserve(
+                dataset=DATA, event=EVENT, delta=1e-5, limit=1e6, accountant="rdp", run_id="run", round=rnd // 2
+            )
+            step("reserved")
+        else:
+            assert reservation is not None
+            ledger.commit(reservation, examples_seen=100)
+            step("committed")
+
+
+@dataclass
+class Killed:
+    markers: list[str]  # every marker the worker reported, the last one being where it was killed (if it was)
+    status: int
+
+
+def run_worker(path: Path, kill_at: int | None) -> Killed:
+    """Fork a worker on ``path``; let it pass every marker but number ``kill_at``, where it is SIGKILLed."""
+    report_read, report_write = os.pipe()
+    go_read, go_write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the training subprocess
-        os.close(read_fd)
+    if pid == 0:  # the worker: never returns into pytest
+        code = 0
         try:
-            _worker(path, write_fd, seed)
+            os.close(report_read)
+            os.close(go_write)
+            _worker(path, report_write, go_read)
+        except BaseException as exc:
+            os.write(report_write, f"error {exc!r}\n".encode())
+            code = 1
         finally:
-            os._exit(1)
-    os.close(write_fd)
+            os._exit(code)
+    os.close(report_write)
+    os.close(go_read)
+    markers: list[str] = []
     buffer = b""
-    deadline = time.monotonic() + run_for
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([read_fd], [], [], left)
-        if ready:
-            buffer += os.read(read_fd, 65536)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    while chunk := os.read(read_fd, 65536):  # whatever it reported before dying
-        buffer += chunk
-    os.close(read_fd)
-    return [tuple(line.split(" ", 1)) for line in buffer.decode().splitlines()]  # type: ignore[misc]
+    try:
+        while True:
+            ready, _, _ = select.select([report_read], [], [], SAFETY_TIMEOUT)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the worker reported nothing for {SAFETY_TIMEOUT} s after {markers}")
+            chunk = os.read(report_read, 4096)
+            if not chunk:
+                break  # the worker exited
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                markers.append(line.decode())
+                if markers[-1].startswith("error"):
+                    pytest.fail(f"the worker failed: {markers[-1]}")
+                if len(markers) - 1 == kill_at:
+                    os.kill(pid, signal.SIGKILL)  # it is blocked waiting for the go-ahead: it dies exactly here
+                else:
+                    os.write(go_write, b"g")
+    finally:
+        os.close(go_write)  # a worker still waiting for a go-ahead reads end-of-file and exits
+        _, status = os.waitpid(pid, 0)
+        os.close(report_read)
+    return Killed(markers=markers, status=status)
 
 
-def test_kill_minus_nine_never_loses_spend(tmp_path):
+def rdp_epsilon(reservations: int) -> float:
+    return get_accountant("rdp").epsilon([EVENT] * reservations, delta=1e-5)
+
+
+@pytest.fixture(scope="module")
+def all_markers(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    for n in range(len(OPS) + 1):
+        rdp_epsilon(n)  # import the accountant's libraries once, before forking (and memoise the figures)
+    run = run_worker(tmp_path_factory.mktemp("full") / "ledger.jsonl", kill_at=None)
+    assert os.WIFEXITED(run.status) and os.WEXITSTATUS(run.status) == 0, run
+    return run.markers
+
+
+def test_the_worker_reports_every_durable_step_in_order(all_markers):
+    # The ledger file is durable before the head anchor is written, and both before reserve/commit return.
+    assert all_markers == expected_markers()
+
+
+@pytest.mark.parametrize("kill_at", range(len(expected_markers())), ids=kill_point_ids())
+def test_kill_minus_nine_at_every_step_never_loses_spend(tmp_path, all_markers, kill_at):
     path = tmp_path / "ledger.jsonl"
-    rng = random.Random(20261122)
-    accountant = get_accountant("rdp")
-    accountant.epsilon([EVENT], delta=1e-5)  # import the accountant's libraries once, before forking
-    reported_reserved: list[str] = []
-    killed_between_reserve_and_commit = 0
-    for point in range(KILLS):
-        spent_before = PrivacyLedger(path).spent(DATA.fingerprint, delta=1e-5, accountant="rdp")
-        messages = _run_and_kill(path, seed=point, run_for=rng.uniform(0.02, 0.5))
-        reserved = [event_id for kind, event_id in messages if kind == "R"]
-        committed = {event_id for kind, event_id in messages if kind == "C"}
-        reported_reserved += reserved
-        if reserved and reserved[-1] not in committed:
-            killed_between_reserve_and_commit += 1
+    run = run_worker(path, kill_at=kill_at)
+    assert os.WIFSIGNALED(run.status) and os.WTERMSIG(run.status) == signal.SIGKILL
+    assert run.markers == all_markers[: kill_at + 1]
+    killed_at = run.markers[-1]
 
-        # "Restart": a fresh ledger object reads and fully verifies the file the killed process left.
-        snapshot = PrivacyLedger(path).snapshot()
-        on_disk = {r.event_id for r in snapshot.reservations(DATA.fingerprint)}
-        assert set(reported_reserved) <= on_disk, "a reservation the process had reported is missing"
-        assert committed <= snapshot.committed
-        spent_after = PrivacyLedger(path).spent(DATA.fingerprint, delta=1e-5, accountant="rdp")
-        at_least = accountant.epsilon([EVENT] * len(reported_reserved), delta=1e-5)
-        assert spent_after >= spent_before
-        assert spent_after >= at_least - 1e-12
-    assert len(reported_reserved) > KILLS
-    assert killed_between_reserve_and_commit >= 5, killed_between_reserve_and_commit
+    # Exactly the writes whose rename happened are on disk: op i's record iff its ledger rename completed.
+    landed = run.markers.count("renamed ledger")
+    expect_reserved = OPS[:landed].count("reserve")
+    expect_committed = OPS[:landed].count("commit")
+    if killed_at.startswith("rename "):  # temp file complete, rename not done: a stale temp file is left behind
+        assert list(tmp_path.glob(".ledger.jsonl.*.tmp")), "expected the killed writer's temp file"
+
+    # "Restart": a fresh ledger object reads and fully verifies what the killed process left.
+    if landed == 0:
+        assert not path.exists() and not head_path(path).exists()
+    snapshot = PrivacyLedger(path).snapshot()
+    reservations = snapshot.reservations(DATA.fingerprint)
+    assert len(reservations) == expect_reserved and len(snapshot.committed) == expect_committed
+    reported_reserved = run.markers.count("reserved")
+    assert len(reservations) >= reported_reserved  # a reservation the worker saw returned is never lost
+    assert len(snapshot.committed) >= run.markers.count("committed")  # nor is a commit
+    spent = PrivacyLedger(path).spent(DATA.fingerprint, delta=1e-5, accountant="rdp")
+    assert spent == pytest.approx(rdp_epsilon(expect_reserved), rel=1e-12)  # reserved without commit counts
+    assert spent >= rdp_epsilon(reported_reserved)
+    anchors = run.markers.count("renamed head")
+    head = read_head(path)
+    # Op i writes record seq i; the anchor names the last op whose anchor rename completed (trailing by at most one).
+    assert (head.seq if head else None) == (anchors or None)
+
+    # The site carries on: the next round reserves and commits on top, the stale temp file is cleaned up.
+    ledger = PrivacyLedger(path, lock_timeout=SAFETY_TIMEOUT)
+    reservation = ledger.reserve(dataset=DATA, event=EVENT, delta=1e-5, limit=1e6, accountant="rdp", run_id="next")
+    ledger.commit(reservation)
+    after = PrivacyLedger(path).snapshot()
+    assert len(after.reservations()) == expect_reserved + 1 and len(after.committed) == expect_committed + 1
+    assert read_head(path) is not None and read_head(path).seq == after.records[-1].seq  # type: ignore[union-attr]
+    assert not list(tmp_path.glob(".ledger.jsonl*.tmp"))

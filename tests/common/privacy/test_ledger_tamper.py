@@ -9,9 +9,10 @@ import pytest
 
 from common.errors import LedgerCorruptError, LedgerTamperError
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger, head_path, read_unverified
+from common.privacy.ledger import DatasetRef, PrivacyLedger
 from common.privacy.records import RECORD_ADAPTER, encode_record, record_hash
 from common.privacy.signing import generate_signing_key, load_signing_key
+from common.privacy.storage import head_path, read_unverified
 
 DATA = DatasetRef(fingerprint="c" * 64, dataset_id="d.jsonl", num_examples=10_000)
 

@@ -14,7 +14,6 @@ The SuperNode then runs in the foreground with TLS and node authentication (plai
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import subprocess
 import sys
@@ -22,14 +21,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
 from common.certs.checks import check_ca, probe_tls
 from common.certs.node_keys import load_node_private_key
 from common.data.readers import read_labeled_file
 from common.data.spec import DataSpec
 from common.errors import BudgetExhaustedError, ConfigError, FederationError
 from common.federation.site import SiteSettings
-from common.privacy.ledger import epsilon_of
-from common.processes import flower_environment, flower_executable, sigterm_as_interrupt, stop, toml_value
+from common.privacy.ledger import DatasetRef
+from common.processes import ProcessIdentity, flower_environment, flower_executable, sigterm_as_interrupt, stop
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,11 @@ def preflight(site: SiteSettings, launch: ClientLaunch) -> str:
     """All checks before connecting; returns how the connection will be secured (e.g. 'TLSv1.3')."""
     # The run's label set is not known before connecting: validate with the labels the file itself declares.
     data = read_labeled_file(site.data_path, DataSpec(text_column=site.text_column, label_column=site.label_column))
-    _check_budget(site, data.fingerprint)
+    dataset = DatasetRef(fingerprint=data.fingerprint, dataset_id=str(site.data_path), num_examples=len(data))
+    try:
+        site.budget.open_ledger().check_trainable(dataset, delta=site.delta, limit=site.max_epsilon)
+    except BudgetExhaustedError as exc:
+        raise BudgetExhaustedError(f"{exc}; refusing to start") from None
     if launch.insecure:
         if launch.key is not None:
             raise ConfigError("--key needs TLS: SuperNode authentication is not available with --insecure")
@@ -68,26 +73,28 @@ def preflight(site: SiteSettings, launch: ClientLaunch) -> str:
     return probe_tls(launch.superlink, launch.ca, timeout=launch.connect_timeout)
 
 
-def _check_budget(site: SiteSettings, fingerprint: str) -> None:
-    prior = site.budget.open_ledger().snapshot().reservations(fingerprint)  # verifies the whole ledger
-    if not prior:
-        return
-    spent = epsilon_of(prior, delta=prior[0].delta, accountant=prior[0].accountant)
-    if math.isinf(spent):
-        raise BudgetExhaustedError(
-            f"{site.data_path}: this dataset was trained on without privacy (ledger {site.ledger_path}); "
-            "it cannot join a private federation"
-        )
-    if site.max_epsilon is not None and spent >= site.max_epsilon:
-        raise BudgetExhaustedError(
-            f"{site.data_path}: the dataset has spent epsilon {spent:.4g} of its limit {site.max_epsilon:g} "
-            f"(ledger {site.ledger_path}); refusing to start"
-        )
-
-
 def node_config_string(site: SiteSettings) -> str:
-    """``--node-config`` for flower-supernode: the site's settings as TOML key/value pairs."""
-    return " ".join(f"{key}={toml_value(value)}" for key, value in site.to_node_config().items())
+    """``--node-config`` for flower-supernode: the site's settings as space-separated ``key=VALUE`` TOML pairs.
+
+    Flower splits this string with a pattern before parsing each pair as TOML (``flwr.common.config.
+    parse_config_args``): a value is a ``'single-quoted'`` or ``"double-quoted"`` string ending at the next quote
+    of its kind, or a run of non-space characters. Values are written by ``tomli_w`` (a string becomes a basic
+    ``"..."`` string, escapes included); a string containing ``"``, which would end Flower's match at its escaped
+    quote, is written as a TOML literal ``'...'`` string instead, which is possible unless it also contains ``'``
+    or a control character. Such a value cannot reach a SuperNode and is refused with the key named.
+    """
+    return " ".join(f"{key}={_node_config_value(key, value)}" for key, value in site.to_node_config().items())
+
+
+def _node_config_value(key: str, value: bool | int | float | str) -> str:
+    if not isinstance(value, str) or '"' not in value:
+        return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
+    if "'" not in value and not any(ord(c) < 32 or ord(c) == 127 for c in value if c != "\t"):
+        return f"'{value}'"
+    raise FederationError(
+        f"cannot pass {key}={value!r} to flower-supernode: Flower's --node-config cannot carry a value with both "
+        "quote kinds (or a double quote and a control character)"
+    )
 
 
 def supernode_command(site: SiteSettings, launch: ClientLaunch) -> list[str]:
@@ -142,17 +149,18 @@ def run_supernode(site: SiteSettings, launch: ClientLaunch) -> int:
             if any(marker in line for marker in NOT_ACTIVATED_MARKERS):
                 seen.append(line)
 
+    identity = ProcessIdentity.of(process.pid)
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
         with sigterm_as_interrupt():
             code = process.wait()
     except KeyboardInterrupt:
-        stop(process.pid)
+        stop(identity)
         return 130
     finally:
         # The SuperNode's helpers (its SuperExec) share its process group and would outlive it otherwise.
-        stop(process.pid, grace=2.0)
+        stop(identity, grace=2.0)
         reader.join(timeout=5.0)
     refused = bool(seen)
     if code != 0 and refused:

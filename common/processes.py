@@ -2,6 +2,8 @@
 
 Each process runs in its own process group with its output appended to a log file, so that stopping it also stops
 the children it spawned (ServerApp/ClientApp subprocesses) and nothing is left running behind a finished command.
+A process is known by its :class:`ProcessIdentity` (pid and start time, read with psutil), and :func:`stop` checks
+that identity before it sends any signal: a pid the kernel has since given to another process is never signalled.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from common.errors import FederationError
+from common.polling import WaitTimeout, wait_until
 
 
 def flower_executable(name: str) -> str:
@@ -58,38 +63,85 @@ def start(
         )
 
 
-def stop(pid: int, *, grace: float = 10.0) -> bool:
-    """SIGTERM the process group of ``pid``, SIGKILL it after ``grace`` seconds; True if it was running."""
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as it was when recorded: its pid AND its start time, because a pid alone is reused.
+
+    Once a process has ended, the kernel may give its pid to an unrelated process; signalling a recorded pid
+    without checking who holds it now could stop someone else's work. Every signal :func:`stop` sends is preceded
+    by this check.
+
+    ``create_time`` is psutil's (seconds since the epoch). It is derived from the boot time, which follows the
+    system clock, so two readings of one process can differ slightly after a clock adjustment: ``tolerance``
+    absorbs that. A different process within the tolerance would need the recorded one to have lived less than
+    ``tolerance`` seconds and its pid to be reused at once.
+    """
+
+    pid: int
+    create_time: float
+    tolerance: float = 1.0
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity:
+        """The identity of the live process ``pid`` (FederationError if there is none)."""
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            raise FederationError(f"process {pid} is not running") from None
+
+    def holder(self) -> psutil.Process | None:
+        """The process holding the recorded pid if it is the recorded one (an unreaped zombie included), else None.
+
+        While a process is held, even as a zombie, its pid and its process group id cannot be given to another.
+        """
+        try:
+            process = psutil.Process(self.pid)
+            return process if abs(process.create_time() - self.create_time) <= self.tolerance else None
+        except psutil.Error:
+            return None
+
+    def is_running(self) -> bool:
+        """True while the recorded process (not merely its pid) is alive; a zombie has ended."""
+        process = self.holder()
+        try:
+            return process is not None and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+def stop(identity: ProcessIdentity, *, grace: float = 10.0) -> bool:
+    """Stop the process group that ``identity``'s process leads: SIGTERM, up to ``grace`` seconds, then SIGKILL.
+
+    Nothing is signalled unless the recorded process still holds its pid (alive, or exited but not yet reaped by
+    its parent) and leads its own group, as :func:`start` makes it; the wait ends as soon as every process of the
+    group has ended. Returns True if the group was signalled, False if the recorded process was gone.
+    """
+    if identity.holder() is None:
         return False
+    group = identity.pid  # start() puts each process in a new session: its group id is its pid
     try:
+        if os.getpgid(identity.pid) != group:
+            return False  # not a group leader: signalling "its group" could reach processes we never started
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
         return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            break
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGKILL)
+    try:
+        wait_until(lambda: not _group_members(group), timeout=grace, interval=0.2)
+    except WaitTimeout:
+        # The group still has members, so its id cannot have been reused: the SIGKILL reaches only our processes.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
     return True
 
 
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: fall back to a signal probe
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _group_members(group: int) -> list[psutil.Process]:
+    """The live (non-zombie) processes of process group ``group``."""
+    members = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+    return members
 
 
 @contextmanager
@@ -115,15 +167,3 @@ def run_flwr(args: Sequence[str], *, flwr_home: Path, timeout: float = 120.0) ->
         )
     except subprocess.TimeoutExpired:
         raise FederationError(f"`flwr {' '.join(args[:2])}` did not answer within {timeout:g} s") from None
-
-
-def toml_value(value: object) -> str:
-    """One TOML value for Flower's ``key=value`` config strings (strings single-quoted, literal)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    text = str(value)
-    if "'" in text or "\n" in text:
-        raise FederationError(f"cannot pass {text!r} in a Flower config string (it contains a quote or newline)")
-    return f"'{text}'"

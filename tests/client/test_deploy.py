@@ -6,7 +6,7 @@ import pytest
 
 from cli.app import main
 from client.deploy import ClientLaunch, node_config_string, preflight, supernode_command
-from common.errors import BudgetExhaustedError, ConfigError, DataValidationError
+from common.errors import BudgetExhaustedError, ConfigError, DataValidationError, FederationError
 from common.federation.site import SiteSettings, parse_site_settings
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger
@@ -60,6 +60,40 @@ def test_node_config_round_trips_through_flowers_parser(sample_jsonl, tmp_path):
     site = site_for(tmp_path / "with space", sample_jsonl, max_epsilon=None, evaluate=True, seed=None)
     parsed = parse_config_args([node_config_string(site)])
     assert parse_site_settings(parsed) == site
+
+
+@pytest.mark.parametrize(
+    "awkward",
+    [
+        "site data/with spaces",
+        "O'Brien's data",  # a single quote (refused before values were written with tomli_w)
+        'say "hi"',  # a double quote: written as a TOML literal string
+        "tab\there and a back\\slash",
+        "line one\nline two",  # a newline: escaped inside a basic string
+        "key=value pairs in a name",
+        "ünïcode dätä",
+    ],
+)
+def test_awkward_paths_reach_flower_unchanged(tmp_path, awkward):
+    from flwr.common.config import parse_config_args
+
+    site = SiteSettings(
+        site_name=f"site {awkward}",
+        data_path=tmp_path / awkward / "data.jsonl",
+        ledger_path=tmp_path / awkward / "ledger.jsonl",
+        max_epsilon=8.0,
+        delta=1e-6,
+        seed=7,
+    )
+    parsed = parse_config_args([node_config_string(site)])
+    assert parsed == site.to_node_config()
+    assert parse_site_settings(parsed) == site
+
+
+@pytest.mark.parametrize("name", ['it\'s "both" quotes.jsonl', 'a "quoted"\nnewline.jsonl'])
+def test_a_value_flower_cannot_carry_is_refused_with_its_key(tmp_path, name):
+    with pytest.raises(FederationError, match=r"cannot pass data-path=.*both quote kinds"):
+        node_config_string(site_for(tmp_path, tmp_path / name))
 
 
 def test_cli_reports_one_line_and_exit_code(sample_jsonl, tmp_path, capsys):

@@ -1,14 +1,24 @@
-"""The server's preflight: nothing starts without valid certificates and enrolled, well-formed site keys."""
+"""The coordinator: preflight (certificates, enrolled keys, no SuperLink of the directory still running), the
+SuperLink's state file (a reused pid is never stopped), and following a run through its round log."""
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+
+import psutil
 import pytest
 
 from common.certs.authority import init_federation
 from common.certs.node_keys import create_node_key
-from common.errors import CertificateError, ConfigError
+from common.errors import CertificateError, ConfigError, FederationError
 from common.federation.config import FederationConfig
-from server.deploy import ServerLaunch, preflight, superlink_command
+from common.federation.rounds import RoundRecord
+from server.deploy import ServerLaunch, preflight
+from server.follow import follow_run
+from server.round_log import RoundLog
+from server.superlink import SERVER_STATE, SuperLink, stop_server, superlink_running
 
 
 @pytest.fixture
@@ -24,7 +34,7 @@ def test_valid_setup_passes_and_enables_tls_and_node_auth(setup, tmp_path):
     certs, keys, config = setup
     launch = ServerLaunch(out=tmp_path / "run", certs=certs.directory, enroll=keys)
     preflight(launch, config)
-    command = superlink_command(launch)
+    command = launch.superlink_command()
     assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
     assert "--disable-runtime-dependency-installation" in command
 
@@ -56,3 +66,146 @@ def test_certificate_problems_stop_the_start(setup, tmp_path):
     certs.server_key.chmod(0o644)
     with pytest.raises(CertificateError, match="readable by others"):
         preflight(ServerLaunch(out=tmp_path / "run", certs=certs.directory, enroll=keys), config)
+
+
+def test_plaintext_superlink_has_no_tls_and_no_node_auth(setup, tmp_path):
+    command = ServerLaunch(out=tmp_path / "run", certs=None, enroll=(), insecure=True).superlink_command()
+    assert "--insecure" in command
+    assert "--enable-supernode-auth" not in command and "--ssl-certfile" not in command
+
+
+# --- the SuperLink's state file: a recorded process is stopped only while it is still that process ------------
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    """A long-running process standing in for a SuperLink, recorded in ``tmp_path/run/server.json``."""
+    out = tmp_path / "run"
+    out.mkdir()
+    superlink = SuperLink.start(["sleep", "300"], out=out, address="127.0.0.1:9093")
+    yield superlink
+    if superlink.process.poll() is None:
+        superlink.process.kill()
+        superlink.process.wait(timeout=30)
+
+
+def test_state_records_pid_and_start_time_and_stop_ends_it(stand_in):
+    state = json.loads((stand_in.out / SERVER_STATE).read_text())
+    assert state["superlink_pid"] == stand_in.process.pid
+    assert state["superlink_create_time"] == pytest.approx(psutil.Process(stand_in.process.pid).create_time(), abs=0.5)
+    assert superlink_running(stand_in.out)
+
+    assert stop_server(stand_in.out) is True
+    assert stand_in.process.wait(timeout=30) is not None
+    assert not (stand_in.out / SERVER_STATE).exists()
+    assert stop_server(stand_in.out) is False  # nothing recorded any more
+
+
+def test_a_reused_pid_is_not_stopped_and_does_not_block_a_new_start(stand_in, setup):
+    """server.json names a pid that now belongs to another process (it started at another time)."""
+    _, _, config = setup
+    state = stand_in.out / SERVER_STATE
+    recorded = json.loads(state.read_text())
+    state.write_text(json.dumps({**recorded, "superlink_create_time": recorded["superlink_create_time"] - 3600}))
+
+    assert not superlink_running(stand_in.out)
+    preflight(ServerLaunch(out=stand_in.out, certs=None, enroll=(), insecure=True), config)  # no "still running"
+    assert stop_server(stand_in.out) is False
+    with pytest.raises(subprocess.TimeoutExpired):
+        stand_in.process.wait(timeout=2)  # the other process was not signalled
+    assert not state.exists()
+
+
+def test_a_running_superlink_blocks_a_second_start(stand_in, setup):
+    _, _, config = setup
+    with pytest.raises(FederationError, match="still running"):
+        preflight(ServerLaunch(out=stand_in.out, certs=None, enroll=(), insecure=True), config)
+
+
+def test_state_files_without_a_start_time_still_work(stand_in):
+    """Files written before the start time was recorded carry ``started_at`` (taken just after the start)."""
+    state = stand_in.out / SERVER_STATE
+    recorded = json.loads(state.read_text())
+    legacy = {"superlink_pid": recorded["superlink_pid"], "address": recorded["address"]}
+    state.write_text(json.dumps({**legacy, "started_at": recorded["superlink_create_time"] - 7200}))
+    assert not superlink_running(stand_in.out)  # started two hours before this process: not it
+    state.write_text(json.dumps({**legacy, "started_at": recorded["started_at"]}))
+    assert superlink_running(stand_in.out)
+    assert stop_server(stand_in.out) is True
+    assert stand_in.process.wait(timeout=30) is not None
+
+
+def test_a_corrupt_state_file_is_one_clear_error(tmp_path):
+    (tmp_path / SERVER_STATE).write_text("{not json")
+    with pytest.raises(FederationError, match="not a SuperLink state file"):
+        stop_server(tmp_path)
+
+
+def test_readiness_waits_for_a_listener_and_reports_an_early_exit(stand_in, tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        stand_in.wait_ready("127.0.0.1", listener.getsockname()[1], ca=None, timeout=60)
+    finally:
+        listener.close()
+    crashed = SuperLink.start(["false"], out=tmp_path / "crashed", address="127.0.0.1:1")
+    with pytest.raises(FederationError, match=r"the SuperLink did not start \(exit code 1\)"):
+        crashed.wait_ready("127.0.0.1", 1, ca=None, timeout=60)
+    with pytest.raises(FederationError, match="did not start"):
+        stand_in.wait_ready("127.0.0.1", 1, ca=None, timeout=1)  # alive but never serving
+
+
+# --- following a run: rounds from the round log, the end from Flower ---------------------------------------------
+
+
+class FakeFlower:
+    """Flower's answers for one run: a status per look; each look may first append rounds to the round log."""
+
+    def __init__(self, out_dir, script):
+        self.log = RoundLog(out_dir)
+        self.script = list(script)  # (rounds to append before this look, status answered)
+
+    def status(self, run_id):
+        rounds, status = self.script.pop(0)
+        for number in rounds:
+            self.log.append(RoundRecord(round=number, sampled=(1, 2)))
+        return status
+
+    def log_tail(self, run_id, lines=15):
+        return "ServerApp: something broke"
+
+
+class AliveSuperLink:
+    exited = False
+
+    def check_alive(self):
+        if self.exited:
+            raise FederationError("the SuperLink exited (code 1)")
+
+
+def test_follow_reports_each_round_once_in_order_and_returns_the_metrics(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"run_id": "r", "completed_rounds": 3}))
+    # round 0 (the initial adapter) is not reported; round 3 is logged just before Flower says "finished"
+    flower = FakeFlower(tmp_path, [([0], "running"), ([], "running"), ([1, 2], "running"), ([3], "finished:completed")])
+    reported: list[RoundRecord] = []
+    metrics = follow_run(
+        "r", cli=flower, superlink=AliveSuperLink(), out_dir=tmp_path, on_round=reported.append, interval=0.01
+    )
+    assert [record.round for record in reported] == [1, 2, 3]
+    assert all(isinstance(record, RoundRecord) and record.sampled == (1, 2) for record in reported)
+    assert metrics == {"run_id": "r", "completed_rounds": 3}
+
+
+def test_a_run_that_does_not_complete_is_an_error_with_the_serverapp_log(tmp_path):
+    flower = FakeFlower(tmp_path, [([1], "running"), ([], "finished:failed")])
+    with pytest.raises(FederationError, match=r"ended as finished:failed(.|\n)*something broke"):
+        follow_run("r", cli=flower, superlink=AliveSuperLink(), out_dir=tmp_path, interval=0.01)
+    completed_without_metrics = FakeFlower(tmp_path, [([], "finished:completed")])
+    with pytest.raises(FederationError, match="ended as finished:completed"):
+        follow_run("r", cli=completed_without_metrics, superlink=AliveSuperLink(), out_dir=tmp_path, interval=0.01)
+
+
+def test_follow_stops_when_the_superlink_exits(tmp_path):
+    superlink = AliveSuperLink()
+    superlink.exited = True
+    with pytest.raises(FederationError, match="the SuperLink exited"):
+        follow_run("r", cli=FakeFlower(tmp_path, []), superlink=superlink, out_dir=tmp_path, interval=0.01)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.table import Table
 
 from cli.display import fmt
+from common.federation import protocol as p
+from common.federation.rounds import RoundRecord, Status
 
 HEADERS = ("round", "trained", "refused", "rejected", "crashed", "train loss", "server acc", "sites acc", "epsilon")
 
@@ -19,22 +19,18 @@ def round_table() -> Table:
     return table
 
 
-def round_row(record: dict[str, Any]) -> tuple[str, ...]:
+def round_row(record: RoundRecord) -> tuple[str, ...]:
     """The progress fields of one round record (counts per status, loss, accuracies, epsilon range)."""
-    sites = record.get("sites", [])
-    count = {s: sum(site["status"] == s for site in sites) for s in ("trained", "refused", "rejected", "crashed")}
-    spent = [site["metrics"].get("epsilon-spent") for site in sites if site["metrics"].get("epsilon-spent") is not None]
-    train = record.get("train") or {}
-    server = record.get("server_eval") or {}
-    federated = record.get("federated_eval") or {}
+    counted = (Status.TRAINED, Status.REFUSED, Status.REJECTED, Status.CRASHED)
+    spent = [e for site in record.sites if (e := site.metrics.get(p.EPSILON_SPENT)) is not None]
+    train = record.train or {}
+    server = record.server_eval or {}
+    federated = record.federated_eval or {}
     epsilon = f"{min(spent):.3g}..{max(spent):.3g}" if spent else "-"
     return (
-        str(record["round"]),
-        str(count["trained"]),
-        str(count["refused"]),
-        str(count["rejected"]),
-        str(count["crashed"]),
-        fmt(train.get("train-loss")),
+        str(record.round),
+        *(str(len(record.with_status(status))) for status in counted),
+        fmt(train.get(p.TRAIN_LOSS)),
         fmt(server.get("accuracy")),
         fmt(federated.get("accuracy")),
         epsilon,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.errors import FederationError
 from common.federation.config import parse_run_config
 from server.federation import run_federation
 
@@ -16,7 +15,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Parse the run config once, run the federation, and fail loudly if any site crashed."""
     config = parse_run_config(context.run_config)
-    result = run_federation(grid, config)
-    if not result.ok:
-        names = ", ".join(sorted({c["site_name"] for c in result.crashes}))
-        raise FederationError(f"{len(result.crashes)} client crash(es) during the run ({names}); see {result.out_dir}")
+    run_federation(grid, config).raise_for_crashes()

@@ -14,12 +14,13 @@ import torch
 from common.data.readers import read_labeled_file
 from common.data.spec import DataSpec
 from common.federation.config import FederationConfig
-from common.model.adapter import adapter_state, load_adapter_state, save_adapter, trainable_keys
+from common.federation.rounds import Metrics
+from common.model.adapter import adapter_state, adapter_state_keys, load_adapter_state, save_adapter, trainable_keys
 from common.model.loading import load_base_classifier, load_tokenizer, resolve_base_model
 from common.model.lora import apply_lora
 from common.training.batches import TokenizedTexts
 from common.training.device import resolve_device
-from common.training.evaluation import EvalMetrics, evaluate
+from common.training.evaluation import evaluate
 
 
 class ServerModel:
@@ -47,12 +48,18 @@ class ServerModel:
         """Whether the run has a server-side held-out file."""
         return self._eval is not None
 
-    def evaluate(self, state: Mapping[str, torch.Tensor]) -> EvalMetrics | None:
+    @property
+    def adapter_keys(self) -> list[str]:
+        """The adapter's tensor names, in peft's order (the order every record of the run uses)."""
+        return adapter_state_keys(self.model)
+
+    def evaluate(self, state: Mapping[str, torch.Tensor]) -> Metrics | None:
         """Metrics of ``state`` on the server's held-out file (None without one)."""
         if self._eval is None:
             return None
         load_adapter_state(self.model, dict(state))
-        return evaluate(self.model, self._eval, batch_size=self.config.training.eval_batch_size, device=self.device)
+        metrics = evaluate(self.model, self._eval, batch_size=self.config.training.eval_batch_size, device=self.device)
+        return metrics.to_dict()
 
     def save(self, state: Mapping[str, torch.Tensor], directory: Path) -> Path:
         """Write ``state`` in standard PEFT format."""

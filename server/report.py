@@ -6,45 +6,44 @@ for the federation's audit trail; the authority on a site's spend is the site's 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.federation import protocol as p
 from common.federation.config import FederationConfig
+from common.federation.rounds import FederationResult, RoundRecord
 from common.fileio import atomic_write_json
-
-if TYPE_CHECKING:
-    from server.federation import FederationResult
 
 METRICS_FILE = "metrics.json"
 PRIVACY_REPORT_FILE = "privacy_report.json"
 PLOT_FILE = "progress.png"
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
+def metrics_document(config: FederationConfig, result: FederationResult) -> dict[str, Any]:
+    """``metrics.json``: the run's settings, how it ended, every crash and every round."""
+    return {
+        "run_id": result.run_id,
+        "config": config.to_run_config(),
+        "planned_rounds": result.planned_rounds,
+        "completed_rounds": result.completed_rounds,
+        "stop_reason": result.stop_reason,
+        "crashes": [{"round": crash.round, **crash.site.to_json()} for crash in result.crashes],
+        "rounds": [record.to_json() for record in result.history],
+    }
 
 
 def privacy_report(config: FederationConfig, result: FederationResult) -> dict[str, Any]:
     """Every site's reported spend per round (and refusals), plus each site's last reported total."""
     sites: dict[str, list[dict[str, Any]]] = {}
     for record in result.history:
-        for site in record.get("sites", []):
-            metrics = site.get("metrics", {})
-            sites.setdefault(site["site_name"], []).append(
+        for site in record.sites:
+            metrics = site.metrics
+            sites.setdefault(site.site_name, []).append(
                 {
-                    "round": record["round"],
-                    "node_id": site["node_id"],
-                    "status": site["status"],
-                    "reason": site["reason"] or None,
+                    "round": record.round,
+                    "node_id": site.node_id,
+                    "status": site.status.value,
+                    "reason": site.reason or None,
                     "epsilon_spent": metrics.get(p.EPSILON_SPENT),
                     "epsilon_round": metrics.get(p.EPSILON_ROUND),
                     "delta": metrics.get(p.DELTA),
@@ -68,36 +67,26 @@ def privacy_report(config: FederationConfig, result: FederationResult) -> dict[s
 
 def write_outputs(out_dir: Path, config: FederationConfig, result: FederationResult) -> None:
     """metrics.json, privacy_report.json and progress.png."""
-    atomic_write_json(
-        out_dir / METRICS_FILE,
-        _clean(
-            {
-                "run_id": result.run_id,
-                "config": config.to_run_config(),
-                "planned_rounds": result.planned_rounds,
-                "completed_rounds": result.completed_rounds,
-                "stop_reason": result.stop_reason,
-                "crashes": result.crashes,
-                "rounds": result.history,
-            }
-        ),
-    )
+    atomic_write_json(out_dir / METRICS_FILE, metrics_document(config, result))
     report = privacy_report(config, result)
-    atomic_write_json(out_dir / PRIVACY_REPORT_FILE, _clean(report))
+    atomic_write_json(out_dir / PRIVACY_REPORT_FILE, report)
     plot_progress(out_dir / PLOT_FILE, result.history, report, config)
 
 
-def _accuracy_series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+def _accuracy_series(history: tuple[RoundRecord, ...], federated: bool) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for record in history:
-        metrics = record.get(key)
-        if metrics and metrics.get("accuracy") is not None:
-            xs.append(record["round"])
-            ys.append(metrics["accuracy"])
+        metrics = record.federated_eval if federated else record.server_eval
+        accuracy = metrics.get("accuracy") if metrics else None
+        if accuracy is not None:
+            xs.append(record.round)
+            ys.append(accuracy)
     return xs, ys
 
 
-def plot_progress(path: Path, history: list[dict[str, Any]], report: dict[str, Any], config: FederationConfig) -> None:
+def plot_progress(
+    path: Path, history: tuple[RoundRecord, ...], report: dict[str, Any], config: FederationConfig
+) -> None:
     """Accuracy over rounds (server and federated evaluation) beside each site's epsilon over rounds."""
     import matplotlib
 
@@ -106,8 +95,8 @@ def plot_progress(path: Path, history: list[dict[str, Any]], report: dict[str, A
     from matplotlib.ticker import MaxNLocator
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label in (("server_eval", "server held-out"), ("federated_eval", "sites' held-out (not DP)")):
-        xs, ys = _accuracy_series(history, key)
+    for federated, label in ((False, "server held-out"), (True, "sites' held-out (not DP)")):
+        xs, ys = _accuracy_series(history, federated)
         if xs:
             left.plot(xs, ys, marker="o", label=label)
     left.set_title("Accuracy of the global adapter")

@@ -17,6 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from common.errors import FederationError
+
 #: Metrics by name (accuracy, loss, ...): ``None`` where a metric is undefined (e.g. ROC-AUC with one class).
 Metrics = Mapping[str, float | None]
 
@@ -147,6 +149,23 @@ class FederationResult:
         """True when no site crashed (an early end for lack of budget is not a failure)."""
         return not self.crashes
 
-    def describe_crashes(self) -> str:
-        """One line naming every crashed site, its round and its reason."""
-        return ", ".join(sorted({f"{c.site.site_name} (round {c.round}): {c.site.reason}" for c in self.crashes}))
+    def raise_for_crashes(self) -> None:
+        """Raise FederationError naming every crashed site, its round and its reason.
+
+        (Flower alone reports a run whose ClientApps crashed as completed.)
+        """
+        if self.crashes:
+            names = ", ".join(sorted({f"{c.site.site_name} (round {c.round}): {c.site.reason}" for c in self.crashes}))
+            raise FederationError(f"{len(self.crashes)} site crash(es) during the run ({names}); see {self.out_dir}")
+
+    @classmethod
+    def from_metrics(cls, document: Mapping[str, Any], out_dir: Path) -> FederationResult:
+        """The result recorded in a run's ``metrics.json`` (see :func:`server.report.metrics_document`)."""
+        return cls(
+            run_id=str(document["run_id"]),
+            out_dir=out_dir,
+            completed_rounds=int(document["completed_rounds"]),
+            planned_rounds=int(document["planned_rounds"]),
+            stop_reason=document.get("stop_reason"),
+            history=tuple(RoundRecord.from_json(record) for record in document.get("rounds", [])),
+        )

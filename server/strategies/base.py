@@ -1,75 +1,83 @@
 """The common machinery of fedtune's strategies: budget-aware sampling, refusals, validation, bookkeeping.
 
-Subclasses only say which tensors travel (``exchanged_keys``) and how accepted updates combine (``combine``).
+Subclasses only say which tensors travel (``select_exchanged``) and how accepted updates combine (``combine``).
+
+Two faces, one implementation: fedtune's round loop (:mod:`server.federation`) calls the typed methods
+(:meth:`AdapterStrategy.sample`, :meth:`AdapterStrategy.train_messages`, :meth:`AdapterStrategy.aggregate_round`,
+:meth:`AdapterStrategy.state`/:meth:`AdapterStrategy.restore`); Flower's ``Strategy`` interface
+(``configure_train``/``aggregate_train``) is kept on top of them for anyone driving the strategy with
+``Strategy.start``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from torch import Tensor
 
-from common.errors import FederationError, UpdateRejectedError
+from common.errors import FederationError
 from common.federation import protocol as p
-from common.federation.rounds import Status
-from server.validation import validate_update
+from common.federation.rounds import SiteResult, Status
+from common.polling import WaitTimeout, wait_until
+from server.inspection import inspect_train_reply
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class SiteResult:
-    """What one site did in one round, as the server saw it."""
-
-    node_id: int
-    site_name: str
-    status: str  # trained | refused | rejected | crashed
-    reason: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    update_norm: float | None = None
-    upload_bytes: int = 0
+#: Adapter tensors by name (a global adapter, or one site's update).
+Tensors = Mapping[str, Tensor]
 
 
 @dataclass
-class RoundReport:
-    """Everything that happened in one training round."""
+class StrategyState:
+    """What a strategy carries from round to round (and a checkpoint must restore): sampling RNG, excluded sites."""
 
-    server_round: int
-    sampled: list[int]
-    sites: list[SiteResult] = field(default_factory=list)
+    rng_state: tuple[Any, ...]
+    excluded: dict[int, str] = field(default_factory=dict)  # node id -> why it is never sampled again
 
-    def with_status(self, status: str) -> list[SiteResult]:
-        """Sites of one status."""
-        return [s for s in self.sites if s.status == status]
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form (the RNG state as Python's ``random`` gives it, tuples as lists)."""
+        version, internal, gauss = self.rng_state
+        return {
+            "rng_state": [version, list(internal), gauss],
+            "excluded": {str(k): v for k, v in self.excluded.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StrategyState:
+        """Inverse of :meth:`to_json`."""
+        version, internal, gauss = data["rng_state"]
+        return cls(
+            rng_state=(version, tuple(internal), gauss),
+            excluded={int(k): str(v) for k, v in data.get("excluded", {}).items()},
+        )
 
 
-def crash_reason(text: str) -> str:
-    """The useful line of a remote traceback: the last exception message (Flower wraps it several times)."""
-    marker = "Message:"
-    if marker in text:
-        text = text.rsplit(marker, 1)[1]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else "unknown error"
-    return last.strip("'>)").strip()
+@dataclass(frozen=True)
+class RoundOutcome:
+    """The result of aggregating one round: the new global adapter (None if too few valid updates) and the sites."""
+
+    adapter: dict[str, torch.Tensor] | None
+    sites: tuple[SiteResult, ...]
+    train_metrics: dict[str, float] | None = None
 
 
 class AdapterStrategy(FedAvg):
     """FedAvg's message flow over LoRA adapters, with fedtune's rules.
 
     * Sites that refused (budget exhausted) are never sampled again; when fewer than ``min_sites`` eligible sites
-      remain, ``configure_train`` returns no messages and sets ``stop_reason``.
-    * Every trained reply is validated (:func:`server.validation.validate_update`); rejected and crashed replies
+      remain, :meth:`sample` returns nothing and says why.
+    * Every trained reply is inspected (:func:`server.inspection.inspect_train_reply`); rejected and crashed replies
       are logged with the node and reason and left out, as if they never came.
-    * If fewer than ``min_sites`` valid updates remain, the round does not aggregate (``aggregate_train`` returns
-      no arrays) and ``last_round`` says why.
+    * If fewer than ``min_sites`` valid updates remain, the round does not aggregate.
     """
 
     name = "base"
@@ -104,11 +112,10 @@ class AdapterStrategy(FedAvg):
         self.max_update_norm = max_update_norm
         self.wait_for_sites = wait_for_sites
         self.upload_dtype = upload_dtype
-        self.rng = random.Random(seed)
-        self.excluded: dict[int, str] = {}  # node id -> why it is never sampled again
-        self.stop_reason: str | None = None
-        self.last_round: RoundReport | None = None
+        self._rng = random.Random(seed)
+        self._excluded: dict[int, str] = {}
         self._global: dict[str, torch.Tensor] = {}
+        self._sampled: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ what subclasses decide
     def select_exchanged(self, global_keys: Sequence[str], trainable: frozenset[str]) -> list[str]:
@@ -116,15 +123,20 @@ class AdapterStrategy(FedAvg):
         return [k for k in global_keys if k in trainable]
 
     @abstractmethod
-    def combine(
-        self,
-        current: Mapping[str, torch.Tensor],
-        updates: Sequence[Mapping[str, torch.Tensor]],
-        weights: Sequence[float],
-    ) -> dict[str, torch.Tensor]:
+    def combine(self, current: Tensors, updates: Sequence[Tensors], weights: Sequence[float]) -> dict[str, Tensor]:
         """The new global adapter (all keys) from the accepted updates (exchanged keys) and their weights."""
 
-    # ------------------------------------------------------------------ Flower's strategy interface
+    # ------------------------------------------------------------------ state for checkpoints
+    def state(self) -> StrategyState:
+        """A snapshot of everything that carries over between rounds."""
+        return StrategyState(rng_state=self._rng.getstate(), excluded=dict(self._excluded))
+
+    def restore(self, state: StrategyState) -> None:
+        """Continue from ``state`` (a resumed run samples exactly as the uninterrupted one would)."""
+        self._rng.setstate(state.rng_state)
+        self._excluded = dict(state.excluded)
+
+    # ------------------------------------------------------------------ fedtune's round loop
     def summary(self) -> None:
         """Log the configuration."""
         log.info(
@@ -137,65 +149,89 @@ class AdapterStrategy(FedAvg):
             self.max_update_norm,
         )
 
+    def eligible(self, nodes: Iterable[int]) -> list[int]:
+        """Those of ``nodes`` that have not refused or been excluded."""
+        return sorted(n for n in nodes if n not in self._excluded)
+
+    def sample(self, grid: Grid) -> tuple[tuple[int, ...], str | None]:
+        """The sites of the next round, or none and the reason the run cannot go on."""
+        nodes = self._wait_for_nodes(grid)
+        eligible = self.eligible(nodes)
+        if len(eligible) < self.min_sites:
+            reason = (
+                f"only {len(eligible)} of {len(nodes)} sites can still train (at least {self.min_sites} needed); "
+                f"{len(self._excluded)} refused or were excluded"
+            )
+            return (), reason
+        count = len(eligible) if not self.sites_per_round else min(self.sites_per_round, len(eligible))
+        return tuple(sorted(self._rng.sample(eligible, count))), None
+
+    def train_messages(
+        self, sampled: Sequence[int], global_state: Mapping[str, torch.Tensor], config: ConfigRecord
+    ) -> list[Message]:
+        """The train requests to ``sampled``: the global adapter and ``config``."""
+        self._global = dict(global_state)
+        self._sampled = tuple(sampled)
+        arrays = p.adapter_to_arrays(global_state, self.global_keys)
+        record = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
+        return list(self._construct_messages(record, list(sampled), MessageType.TRAIN))
+
+    def aggregate_round(self, replies: Iterable[Message]) -> RoundOutcome:
+        """Inspect every reply, exclude refusing sites, and combine the accepted updates."""
+        # Updates arrive in the upload dtype; they are validated against the global in that dtype, then combined
+        # in the global's own precision.
+        reference = {k: self._global[k].to(self.upload_dtype) for k in self.exchanged_keys}
+        dtypes = {k: self._global[k].dtype for k in self.exchanged_keys}
+        sites: list[SiteResult] = []
+        accepted: list[dict[str, torch.Tensor]] = []
+        weights: list[float] = []
+        losses: list[float] = []
+        for reply in replies:
+            inspected = inspect_train_reply(
+                reply, reference, global_dtypes=dtypes, max_update_norm=self.max_update_norm
+            )
+            sites.append(inspected.result)
+            if inspected.result.status is Status.REFUSED:
+                self._excluded[inspected.result.node_id] = inspected.result.reason
+            if inspected.update is not None:
+                accepted.append(inspected.update)
+                weights.append(inspected.weight)
+                losses.append(inspected.result.metrics.get(p.TRAIN_LOSS, 0.0))
+        answered = {site.node_id for site in sites}
+        for node in self._sampled:
+            if node not in answered:
+                sites.append(SiteResult(node, f"node {node}", Status.CRASHED, "no reply before the round timeout"))
+        if len(accepted) < self.min_sites:
+            return RoundOutcome(adapter=None, sites=tuple(sites))
+        combined = self.combine(self._global, accepted, weights)
+        metrics = {
+            "sites-trained": float(len(accepted)),
+            p.TRAIN_LOSS: sum(w * loss for w, loss in zip(weights, losses, strict=True)) / sum(weights),
+            p.NUM_EXAMPLES: float(sum(weights)),
+        }
+        return RoundOutcome(adapter=combined, sites=tuple(sites), train_metrics=metrics)
+
+    # ------------------------------------------------------------------ Flower's strategy interface
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample sites that still have budget and send them the global adapter."""
-        self._global = p.arrays_to_adapter(arrays, source="global adapter")
-        nodes = self._wait_for_nodes(grid)
-        eligible = sorted(n for n in nodes if n not in self.excluded)
-        if len(eligible) < self.min_sites:
-            self.stop_reason = (
-                f"only {len(eligible)} of {len(nodes)} sites can still train (at least {self.min_sites} needed); "
-                f"{len(self.excluded)} refused or were excluded"
-            )
-            self.last_round = RoundReport(server_round=server_round, sampled=[])
+        sampled, reason = self.sample(grid)
+        if reason is not None:
+            log.warning("round %d: %s", server_round, reason)
             return []
-        count = len(eligible) if not self.sites_per_round else min(self.sites_per_round, len(eligible))
-        sampled = sorted(self.rng.sample(eligible, count))
-        self.last_round = RoundReport(server_round=server_round, sampled=sampled)
         config[p.SERVER_ROUND] = server_round
-        from flwr.app import MessageType, RecordDict
-
-        record = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
-        return self._construct_messages(record, sampled, MessageType.TRAIN)
+        return self.train_messages(sampled, p.arrays_to_adapter(arrays, source="global adapter"), config)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate replies, drop refusals/rejections/crashes, and combine what remains."""
-        report = self.last_round or RoundReport(server_round=server_round, sampled=[])
-        accepted: list[dict[str, torch.Tensor]] = []
-        weights: list[float] = []
-        # Updates arrive in the upload dtype; they are validated against the global in that dtype, then combined
-        # in the global's own precision.
-        reference = {k: self._global[k].to(self.upload_dtype) for k in self.exchanged_keys}
-        for reply in replies:
-            result = self._inspect(reply, reference)
-            report.sites.append(result)
-            if result.status == "trained":
-                accepted.append(self._update_of(reply))
-                weights.append(result.metrics[p.NUM_EXAMPLES])
-        answered = {s.node_id for s in report.sites}
-        for node in report.sampled:
-            if node not in answered:
-                report.sites.append(SiteResult(node, f"node {node}", "crashed", "no reply before the round timeout"))
-        self.last_round = report
-        if len(accepted) < self.min_sites:
+        """Flower's form of :meth:`aggregate_round`."""
+        outcome = self.aggregate_round(replies)
+        if outcome.adapter is None:
             return None, None
-        combined = self.combine(self._global, accepted, weights)
-        metrics = MetricRecord(
-            {
-                "sites-trained": len(accepted),
-                "train-loss": sum(
-                    w * s.metrics.get(p.TRAIN_LOSS, 0.0)
-                    for w, s in zip(weights, report.with_status("trained"), strict=True)
-                )
-                / sum(weights),
-                p.NUM_EXAMPLES: int(sum(weights)),
-            }
-        )
-        return p.adapter_to_arrays(combined, self.global_keys), metrics
+        metrics: dict[str, int | float | list[int] | list[float]] = dict(outcome.train_metrics or {})
+        return p.adapter_to_arrays(outcome.adapter, self.global_keys), MetricRecord(metrics)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -203,8 +239,6 @@ class AdapterStrategy(FedAvg):
         """Ask every connected site (those that opted in answer with metrics)."""
         if self.fraction_evaluate == 0.0:
             return []
-        from flwr.app import MessageType, RecordDict
-
         config[p.SERVER_ROUND] = server_round
         record = RecordDict({p.ARRAYS: arrays, p.CONFIG: config})
         return self._construct_messages(record, sorted(grid.get_node_ids()), MessageType.EVALUATE)
@@ -231,50 +265,16 @@ class AdapterStrategy(FedAvg):
 
     # ------------------------------------------------------------------ internals
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        deadline = time.monotonic() + self.wait_for_sites
-        while len(nodes := list(grid.get_node_ids())) < self.min_sites:
-            if time.monotonic() > deadline:
-                raise FederationError(
-                    f"only {len(nodes)} site(s) connected after {self.wait_for_sites:g} s; "
-                    f"at least {self.min_sites} needed"
-                )
-            time.sleep(1.0)
-        return nodes
+        connected: list[int] = []
 
-    def _update_of(self, reply: Message) -> dict[str, torch.Tensor]:
-        update = p.arrays_to_adapter(reply.content.array_records[p.ARRAYS], source=f"node {reply.metadata.src_node_id}")
-        return {k: v.to(self._global[k].dtype) for k, v in update.items()}
+        def enough() -> list[int] | None:
+            connected[:] = grid.get_node_ids()
+            return list(connected) if len(connected) >= self.min_sites else None
 
-    def _inspect(self, reply: Message, reference: Mapping[str, torch.Tensor]) -> SiteResult:
-        node = reply.metadata.src_node_id
-        if reply.has_error():
-            reason = crash_reason(str(reply.error.reason))
-            log.error("node %d crashed: %s", node, reason)
-            return SiteResult(node, f"node {node}", "crashed", reason)
-        content = reply.content
-        status = content.config_records.get(p.STATUS, ConfigRecord())
-        name = str(status.get(p.SITE_NAME, f"node {node}"))
-        metric_record = content.metric_records.get(p.METRICS, MetricRecord())
-        metrics = {k: float(v) for k, v in metric_record.items() if isinstance(v, int | float)}
-        state = status.get(p.STATE)
-        if state == Status.REFUSED:
-            reason = str(status.get(p.REASON, "refused"))
-            self.excluded[node] = reason
-            log.warning("site %s (node %d) refused: %s; it will not be sampled again", name, node, reason)
-            return SiteResult(node, name, "refused", reason, metrics)
-        source = f"site {name} (node {node})"
         try:
-            if state != Status.TRAINED:
-                raise UpdateRejectedError(f"{source}: reply status {state!r} is not {Status.TRAINED!r}")
-            if list(content.array_records) != [p.ARRAYS]:
-                raise UpdateRejectedError(f"{source}: expected exactly one ArrayRecord named {p.ARRAYS!r}")
-            weight = metrics.get(p.NUM_EXAMPLES, 0.0)
-            if not weight > 0:
-                raise UpdateRejectedError(f"{source}: num-examples must be > 0; got {weight}")
-            arrays = content.array_records[p.ARRAYS]
-            update = p.arrays_to_adapter(arrays, source=source)
-            norm = validate_update(update, reference, max_update_norm=self.max_update_norm, source=source)
-        except UpdateRejectedError as exc:
-            log.warning("rejected update: %s", exc)
-            return SiteResult(node, name, "rejected", str(exc), metrics)
-        return SiteResult(node, name, "trained", "", metrics, update_norm=norm, upload_bytes=p.serialized_size(arrays))
+            return wait_until(enough, timeout=self.wait_for_sites, interval=1.0)
+        except WaitTimeout:
+            raise FederationError(
+                f"only {len(connected)} site(s) connected after {self.wait_for_sites:g} s; "
+                f"at least {self.min_sites} needed"
+            ) from None

@@ -5,12 +5,12 @@ Inexact for LoRA: the average of B_k A_k is not (mean B)(mean A). Kept as the co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
+from torch import Tensor
 
 from server.strategies.aggregation import average_keys
-from server.strategies.base import AdapterStrategy
+from server.strategies.base import AdapterStrategy, Tensors
 
 
 class LoraFedAvg(AdapterStrategy):
@@ -18,11 +18,6 @@ class LoraFedAvg(AdapterStrategy):
 
     name = "fedavg"
 
-    def combine(
-        self,
-        current: Mapping[str, torch.Tensor],
-        updates: Sequence[Mapping[str, torch.Tensor]],
-        weights: Sequence[float],
-    ) -> dict[str, torch.Tensor]:
+    def combine(self, current: Tensors, updates: Sequence[Tensors], weights: Sequence[float]) -> dict[str, Tensor]:
         """Replace every exchanged tensor by its weighted mean."""
         return {**current, **average_keys(updates, weights, self.exchanged_keys)}

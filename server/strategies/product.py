@@ -6,12 +6,12 @@ and gives every site the rank-r factors of its best rank-r approximation. The he
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
+from torch import Tensor
 
 from server.strategies.aggregation import average_keys, lora_pairs, product_average_refactorised
-from server.strategies.base import AdapterStrategy
+from server.strategies.base import AdapterStrategy, Tensors
 
 
 class ProductSvd(AdapterStrategy):
@@ -19,12 +19,7 @@ class ProductSvd(AdapterStrategy):
 
     name = "product"
 
-    def combine(
-        self,
-        current: Mapping[str, torch.Tensor],
-        updates: Sequence[Mapping[str, torch.Tensor]],
-        weights: Sequence[float],
-    ) -> dict[str, torch.Tensor]:
+    def combine(self, current: Tensors, updates: Sequence[Tensors], weights: Sequence[float]) -> dict[str, Tensor]:
         """New A and B from the SVD of the averaged products; other tensors averaged."""
         pairs = lora_pairs(self.exchanged_keys)
         paired = {k for pair in pairs.values() for k in pair}

@@ -19,7 +19,10 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from common.federation.rounds import RoundRecord
 
 
 def main() -> None:
@@ -32,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from simulations.simulate import SimulationRequest, prepare_simulation, run
+    from simulations.simulate import SimulationRequest, prepare_simulation, run_simulation
 
     out = args.out or Path(tempfile.mkdtemp(prefix="fedtune-overhead-")) / "run"
     request = SimulationRequest(sites=args.sites, seed=0)
@@ -40,7 +43,7 @@ def main() -> None:
     prepared = prepare_simulation(request, out, settings)
     ends: list[float] = []
     started = time.perf_counter()
-    result = run(prepared, request, on_round=lambda record: ends.append(time.perf_counter()))
+    result = run_simulation(prepared, request, on_round=lambda record: ends.append(time.perf_counter()))
     total = time.perf_counter() - started
     if not result.ok or result.completed_rounds != args.rounds:
         raise SystemExit(f"the simulation did not complete cleanly: {result.stop_reason or result.crashes}")
@@ -48,9 +51,9 @@ def main() -> None:
     pure = _pure_training(prepared, result.history, args.repeats)
     rounds_after_first = [b - a for a, b in itertools.pairwise(ends)]
     reported = [
-        sum(site["metrics"].get("train-seconds", 0.0) for site in record["sites"])
+        sum(site.metrics.get("train-seconds", 0.0) for site in record.sites)
         for record in result.history
-        if record["round"] >= 2
+        if record.round >= 2
     ]
     per_round_pure = statistics.median(pure)
     wall_steady = sum(rounds_after_first)
@@ -73,7 +76,7 @@ def main() -> None:
     print(f"overhead ratio vs pure training timed here (rounds 2..{args.rounds}): {wall_steady / pure_steady:.3f}")
 
 
-def _pure_training(prepared: Any, history: list[dict[str, Any]], repeats: int) -> list[float]:
+def _pure_training(prepared: Any, history: tuple[RoundRecord, ...], repeats: int) -> list[float]:
     """Seconds to train one round of every site with fedtune's trainer alone (same data, plan, sigma), per repeat."""
     from client.runtime import site_data, site_model
     from common.model.adapter import load_adapter_state
@@ -84,7 +87,7 @@ def _pure_training(prepared: Any, history: list[dict[str, Any]], repeats: int) -
 
     config = prepared.config
     model = site_model(config)
-    sigma = {site["site_name"]: site["metrics"]["noise-multiplier"] for site in history[-1]["sites"]}
+    sigma = {site.site_name: site.metrics["noise-multiplier"] for site in history[-1].sites}
     start = load_checkpoint(Path(config.out_dir) / "checkpoints")
     assert start is not None
     per_repeat = []

@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def _federated(args: argparse.Namespace, strategy: str, subset: Path, eval_file: Path) -> dict[str, Any]:
-    from simulations.simulate import SimulationRequest, prepare_simulation, run
+    from simulations.simulate import SimulationRequest, prepare_simulation, run_simulation
 
     out = args.out / f"federated-{strategy}"
     if out.exists():
@@ -87,20 +87,15 @@ def _federated(args: argparse.Namespace, strategy: str, subset: Path, eval_file:
         data=subset, eval_data=eval_file, sites=args.sites, partition=f"dirichlet:{args.alpha}", seed=0
     )
     started = time.perf_counter()
-    result = run(prepare_simulation(request, out, settings), request)
+    result = run_simulation(prepare_simulation(request, out, settings), request)
     seconds = time.perf_counter() - started
-    last = [r for r in result.history if r.get("server_eval")][-1]
-    spent = [
-        site["metrics"]["epsilon-spent"]
-        for record in result.history
-        for site in record.get("sites", [])
-        if "epsilon-spent" in site.get("metrics", {})
-    ]
+    evaluated = [r.server_eval for r in result.history if r.server_eval]
+    spent = [e for record in result.history for site in record.sites if (e := site.metrics.get("epsilon-spent"))]
     return {
         "arm": f"federated DP {strategy} (eps {args.epsilon:g})",
-        "accuracy": last["server_eval"]["accuracy"],
-        "macro_f1": last["server_eval"]["macro_f1"],
-        "accuracy_by_round": [r["server_eval"]["accuracy"] for r in result.history if r.get("server_eval")],
+        "accuracy": evaluated[-1]["accuracy"],
+        "macro_f1": evaluated[-1]["macro_f1"],
+        "accuracy_by_round": [m["accuracy"] for m in evaluated],
         "max_site_epsilon": max(spent) if spent else None,
         "completed_rounds": result.completed_rounds,
         "crashes": len(result.crashes),

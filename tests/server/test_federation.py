@@ -11,10 +11,13 @@ from common.data.partition import PartitionSpec, partition_dataset
 from common.data.sample import sample_dataset
 from common.errors import FederationError
 from common.federation.config import FederationConfig, parse_run_config
+from common.federation.rounds import Status
+from common.privacy.accountant import get_accountant
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger
 from server.checkpoint import load_checkpoint
 from server.federation import CHECKPOINT_DIR, run_federation
+from server.round_log import RoundLog
 from tests.flower_helpers import LocalGrid, make_sites, replace_arrays
 from tests.helpers import write_jsonl
 
@@ -62,10 +65,11 @@ def test_federation_trains_reports_and_writes_everything(tiny_model_dir, site_fi
     sites = make_sites(tmp_path, files)
     result = run_federation(LocalGrid(config, sites), config)
     assert result.ok and result.completed_rounds == 2 and result.stop_reason is None
-    rounds = [r for r in result.history if r["round"] > 0]
-    assert [len([s for s in r["sites"] if s["status"] == "trained"]) for r in rounds] == [3, 3]
-    assert result.history[0]["round"] == 0 and result.history[0]["server_eval"]["accuracy"] is not None
-    assert rounds[-1]["federated_eval"]["accuracy"] is not None
+    rounds = [r for r in result.history if r.round > 0]
+    assert [len(r.with_status(Status.TRAINED)) for r in rounds] == [3, 3]
+    assert result.history[0].round == 0 and 0.0 <= result.history[0].server_eval["accuracy"] <= 1.0
+    assert 0.0 <= rounds[-1].federated_eval["accuracy"] <= 1.0
+    assert RoundLog(tmp_path / "run").read() == rounds  # the round log holds exactly the finished rounds
     report = json.loads((tmp_path / "run" / "privacy_report.json").read_text())
     for site in sites:
         rows = report["sites"][site.site_name]
@@ -77,7 +81,7 @@ def test_federation_trains_reports_and_writes_everything(tiny_model_dir, site_fi
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "run" / "progress.png").read_bytes()[:4] == b"\x89PNG"
     # FFA: only B and the head travelled, and A never changed.
-    uploaded = {s["upload_bytes"] for r in rounds for s in r["sites"]}
+    uploaded = {s.upload_bytes for r in rounds for s in r.sites}
     assert len(uploaded) == 1
     final = load_checkpoint(tmp_path / "run" / CHECKPOINT_DIR).adapter
     from server.model import ServerModel
@@ -121,10 +125,10 @@ def test_a_rejected_update_leaves_the_global_as_if_it_never_came(tiny_model_dir,
 
     result, with_bad = _one_round(tiny_model_dir, site_files, tmp_path, "bad", tampered)
     _, without = _one_round(tiny_model_dir, site_files, tmp_path, "none", dropped)
-    statuses = {s["node_id"]: (s["status"], s["reason"]) for s in result.history[-1]["sites"]}
-    assert statuses[3][0] == "rejected", statuses[3]
+    statuses = {s.node_id: (s.status, s.reason) for s in result.history[-1].sites}
+    assert statuses[3][0] is Status.REJECTED, statuses[3]
     assert "node 3" in statuses[3][1]
-    assert statuses[1][0] == statuses[2][0] == "trained"
+    assert statuses[1][0] is statuses[2][0] is Status.TRAINED
     assert torch.equal(flat(with_bad), flat(without))
 
 
@@ -153,14 +157,17 @@ def test_site_out_of_budget_is_dropped_and_the_run_completes(tiny_model_dir, sit
     grid.tamper = another_run_spends
     result = run_federation(grid, config)
     assert result.ok and result.completed_rounds == 3
-    by_round = {r["round"]: {s["site_name"]: s for s in r["sites"]} for r in result.history if r["round"] > 0}
-    assert by_round[2]["site-1"]["status"] == "refused" and "over the limit" in by_round[2]["site-1"]["reason"]
+    by_round = {r.round: {s.site_name: s for s in r.sites} for r in result.history if r.round > 0}
+    assert by_round[2]["site-1"].status is Status.REFUSED and "over the limit" in by_round[2]["site-1"].reason
     assert "site-1" not in by_round[3]  # never sampled again
-    assert {s["status"] for s in by_round[3].values()} == {"trained"}
-    ledger = PrivacyLedger(sites[1].ledger_path)
-    spent = ledger.spent(ledger.snapshot().reservations()[0].dataset_fingerprint, delta=1e-5)
-    assert spent <= config.target_epsilon or spent > 0  # recorded, and the refused round added nothing
-    assert len([r for r in ledger.snapshot().reservations() if r.run_id != "other-federation"]) == 1
+    assert {s.status for s in by_round[3].values()} == {Status.TRAINED}
+    # The refused round reserved nothing: the ledger holds this run's round 1 and the other run's spend, and the
+    # dataset's spend is exactly their composition.
+    reservations = PrivacyLedger(sites[1].ledger_path).snapshot().reservations()
+    assert [(r.run_id == "other-federation", r.round) for r in reservations] == [(False, 1), (True, 0)]
+    events = [r.dp_event() for r in reservations]
+    spent = PrivacyLedger(sites[1].ledger_path).spent(reservations[0].dataset_fingerprint, delta=1e-5)
+    assert spent == pytest.approx(get_accountant("prv").epsilon(events, delta=1e-5))
 
 
 def test_run_ends_cleanly_when_too_few_sites_have_budget(tiny_model_dir, site_files, tmp_path):
@@ -180,8 +187,7 @@ def test_run_ends_cleanly_when_too_few_sites_have_budget(tiny_model_dir, site_fi
     assert result.ok
     assert result.stop_reason is not None and "still have budget" in result.stop_reason
     assert result.completed_rounds == 0
-    refused = [s for s in result.history[-1]["sites"] if s["status"] == "refused"]
-    assert len(refused) == 2
+    assert len(result.history[-1].with_status(Status.REFUSED)) == 2 and not result.history[-1].aggregated
 
 
 def test_too_few_valid_updates_is_a_clear_error(tiny_model_dir, site_files, tmp_path):

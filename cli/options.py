@@ -124,6 +124,9 @@ def split_list(value: str | None) -> tuple[str, ...] | None:
     return items
 
 
+#: The data options' defaults, as the settings model declares them.
+DATA_DEFAULTS = DataSpec()
+
 #: Where pydantic locates a data or LoRA problem -> the option the user typed.
 DATA_FLAGS = {
     "data.format": "--format",

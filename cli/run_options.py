@@ -1,16 +1,20 @@
 """Options of a federated run, shared by ``fedtune simulate`` and ``fedtune server start``.
 
-Declared once (``Annotated`` aliases with defaults taken from :class:`FederationConfig`) and turned into the frozen
-config by :func:`federation_config`, so both commands spell, document and validate a run the same way.
+Declared once (:data:`SHARED_OPTIONS`: the ``Annotated`` option, its run-config key; the default is the config
+model's), added to both commands by :func:`with_run_options`, and turned into the frozen config by
+:func:`federation_config`, so both commands spell, document, default and validate a run the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import typer
 
+from cli.options import ClipOpt, DeltaOpt, LoraAlphaOpt, LoraROpt, ModelOpt, PoolingOpt
 from common.federation.config import FederationConfig, parse_run_config
 
 #: The run's defaults, as the config model declares them (``DEFAULTS.training.batch_size`` ...).
@@ -43,37 +47,62 @@ UploadPrecisionOpt = Annotated[
 ]
 
 
-#: The options both commands declare: the command's parameter name -> the run-config key it sets. The option's flag is
-#: the parameter name with dashes (``federated_eval`` -> ``--federated-eval``), which is how errors name it.
-SHARED_OPTIONS = {
-    "model": "model",
-    "pooling": "pooling",
-    "strategy": "strategy",
-    "rounds": "num-rounds",
-    "sites_per_round": "sites-per-round",
-    "min_sites": "min-sites",
-    "local_epochs": "local-epochs",
-    "batch_size": "batch-size",
-    "lr": "learning-rate",
-    "max_length": "max-length",
-    "lora_r": "lora-r",
-    "lora_alpha": "lora-alpha",
-    "max_grad_norm": "max-grad-norm",
-    "epsilon": "target-epsilon",
-    "delta": "delta",
-    "max_update_norm": "max-update-norm",
-    "federated_eval": "federated-evaluation",
-    "upload_precision": "upload-precision",
+#: The options both commands declare: the command's parameter name -> (its option, the run-config key it sets). The
+#: option's flag is the parameter name with dashes (``federated_eval`` -> ``--federated-eval``), which is how errors
+#: name it; its default is :data:`DEFAULTS`' value for the key.
+SHARED_OPTIONS: dict[str, tuple[Any, str]] = {
+    "model": (ModelOpt, "model"),
+    "pooling": (PoolingOpt, "pooling"),
+    "strategy": (StrategyOpt, "strategy"),
+    "rounds": (RoundsOpt, "num-rounds"),
+    "sites_per_round": (SitesPerRoundOpt, "sites-per-round"),
+    "min_sites": (MinSitesOpt, "min-sites"),
+    "local_epochs": (LocalEpochsOpt, "local-epochs"),
+    "batch_size": (BatchOpt, "batch-size"),
+    "lr": (LrOpt, "learning-rate"),
+    "max_length": (MaxLengthOpt, "max-length"),
+    "lora_r": (LoraROpt, "lora-r"),
+    "lora_alpha": (LoraAlphaOpt, "lora-alpha"),
+    "max_grad_norm": (ClipOpt, "max-grad-norm"),
+    "epsilon": (RunEpsilonOpt, "target-epsilon"),
+    "delta": (DeltaOpt, "delta"),
+    "max_update_norm": (MaxUpdateNormOpt, "max-update-norm"),
+    "federated_eval": (FederatedEvalOpt, "federated-evaluation"),
+    "upload_precision": (UploadPrecisionOpt, "upload-precision"),
 }
 
+RunOptions = dict[str, Any]
+"""The shared options' values by run-config key, as a command decorated with :func:`with_run_options` receives them."""
 
-def federation_config(options: Mapping[str, Any], run_config: Mapping[str, Any]) -> FederationConfig:
-    """FederationConfig from a command's parameters and the values it sets itself; errors name the option.
 
-    ``options`` holds the shared options by parameter name (a command passes its ``locals()``); ``run_config`` the
-    command's own values by run-config name (labels, out-dir, seed...). Everything is validated here, once.
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the shared run options to a Typer command, which receives their values as ``run: RunOptions``.
+
+    Typer reads a command's options from its signature: the wrapper's signature is the command's own parameters
+    (without ``run``) followed by the shared options, keyword-only, each with the config model's default.
     """
-    values = {key: options[parameter] for parameter, key in SHARED_OPTIONS.items()} | dict(run_config)
-    names = {key: "--" + parameter.replace("_", "-") for parameter, key in SHARED_OPTIONS.items()}
-    names.update({key: f"--{key}" for key in run_config})
-    return parse_run_config(values, context="option", names=names)
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "run"]
+    defaults = DEFAULTS.to_run_config()
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[key], annotation=option)
+        for name, (option, key) in SHARED_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        run = {key: values.pop(name) for name, (_, key) in SHARED_OPTIONS.items()}
+        command(**values, run=run)
+
+    wrapper.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    return wrapper
+
+
+def federation_config(run: RunOptions, values: Mapping[str, Any]) -> FederationConfig:
+    """FederationConfig from the shared options and the values a command sets itself; errors name the option.
+
+    ``values`` holds the command's own settings by run-config key (labels, out-dir, seed...). Everything is validated
+    here, once.
+    """
+    names = {key: "--" + name.replace("_", "-") for name, (_, key) in SHARED_OPTIONS.items()}
+    names.update({key: f"--{key}" for key in values})
+    return parse_run_config({**run, **values}, context="option", names=names)

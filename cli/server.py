@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import options as opt
 from cli import run_options as ro
 from cli.display import console, err_console_warning
-from common.errors import ConfigError, FederationError
+from common.errors import ConfigError
+from common.federation.rounds import FederationResult
+
+if TYPE_CHECKING:
+    from common.federation.rounds import RoundRecord
 
 server_app = typer.Typer(
     help="Run the coordinating server (Flower SuperLink + the fedtune ServerApp).", no_args_is_help=True
@@ -19,6 +23,7 @@ server_app = typer.Typer(
 
 
 @server_app.command("start")
+@ro.with_run_options
 def start(
     out: Annotated[Path, typer.Option("--out", help="Run directory (adapter, metrics, privacy report, logs).")],
     certs: Annotated[
@@ -42,27 +47,11 @@ def start(
     eval_data: Annotated[
         Path | None, typer.Option("--eval-data", help="Server-side held-out file (also gives the label set).")
     ] = None,
-    model: opt.ModelOpt = ro.DEFAULTS.model,
-    pooling: opt.PoolingOpt = ro.DEFAULTS.pooling,
-    rounds: ro.RoundsOpt = ro.DEFAULTS.num_rounds,
-    strategy: ro.StrategyOpt = ro.DEFAULTS.strategy,
-    epsilon: ro.RunEpsilonOpt = ro.DEFAULTS.target_epsilon,
-    delta: opt.DeltaOpt = ro.DEFAULTS.delta,
-    max_grad_norm: opt.ClipOpt = ro.DEFAULTS.max_grad_norm,
-    local_epochs: ro.LocalEpochsOpt = ro.DEFAULTS.training.epochs,
-    batch_size: ro.BatchOpt = ro.DEFAULTS.training.batch_size,
-    lr: ro.LrOpt = ro.DEFAULTS.training.learning_rate,
-    max_length: ro.MaxLengthOpt = ro.DEFAULTS.training.max_length,
-    lora_r: opt.LoraROpt = ro.DEFAULTS.lora.r,
-    lora_alpha: opt.LoraAlphaOpt = ro.DEFAULTS.lora.alpha,
-    sites_per_round: ro.SitesPerRoundOpt = ro.DEFAULTS.sites_per_round,
-    min_sites: ro.MinSitesOpt = ro.DEFAULTS.min_sites,
-    max_update_norm: ro.MaxUpdateNormOpt = ro.DEFAULTS.max_update_norm,
-    federated_eval: ro.FederatedEvalOpt = ro.DEFAULTS.federated_evaluation,
-    upload_precision: ro.UploadPrecisionOpt = ro.DEFAULTS.upload_precision,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the initial adapter and of site sampling.")
     ] = ro.DEFAULTS.seed,
+    *,
+    run: ro.RunOptions,
 ) -> None:
     """Start a TLS SuperLink with node authentication, enrol the sites, run the federation and write its results.
 
@@ -79,7 +68,7 @@ def start(
         )
     out = out.resolve()
     config = ro.federation_config(
-        locals(),  # the shared run options, by parameter name
+        run,
         {
             "labels": _labels(labels, eval_data),
             "eval-data": str(eval_data.resolve()) if eval_data else "",
@@ -105,22 +94,21 @@ def start(
     def on_ready(run_id: str) -> None:
         console.print(f"run {run_id} submitted; enrolled sites may join now; waiting for sites")
 
-    def on_round(record: dict[str, Any]) -> None:
+    def on_round(record: RoundRecord) -> None:
         console.print(round_line(round_row(record)))
 
-    metrics = serve(launch, config, on_ready=on_ready, on_round=on_round)
-    console.print(f"run {metrics['run_id']}: {metrics['completed_rounds']} of {metrics['planned_rounds']} rounds")
-    if metrics.get("stop_reason"):
-        console.print(f"[yellow]{metrics['stop_reason']}[/]")
+    result = FederationResult.from_metrics(serve(launch, config, on_ready=on_ready, on_round=on_round), out)
+    console.print(f"run {result.run_id}: {result.completed_rounds} of {result.planned_rounds} rounds")
+    if result.stop_reason:
+        console.print(f"[yellow]{result.stop_reason}[/]")
     console.print(f"final adapter: {out / 'adapter'}   privacy report: {out / 'privacy_report.json'}")
-    if metrics.get("crashes"):
-        raise FederationError(f"{len(metrics['crashes'])} site crash(es) during the run; see {out / 'metrics.json'}")
+    result.raise_for_crashes()
 
 
 @server_app.command("stop")
 def stop(out: Annotated[Path, typer.Option("--out", help="The run directory given to `server start`.")]) -> None:
     """Stop the SuperLink that `server start --keep-running` left running for this run directory."""
-    from server.deploy import stop_server
+    from server.superlink import stop_server
 
     console.print("stopped the SuperLink" if stop_server(out.resolve()) else f"no SuperLink was running for {out}")
 

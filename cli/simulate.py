@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli import options as opt
 from cli import run_options as ro
 from cli.display import console
-from common.errors import FederationError
 from common.privacy.budget import parse_limit
 
+if TYPE_CHECKING:
+    from common.federation.rounds import RoundRecord
 
+
+@ro.with_run_options
 def simulate(
     data: Annotated[
         Path | None, typer.Option("--data", help="One dataset to carve into sites (default: the built-in sample).")
@@ -31,30 +34,12 @@ def simulate(
     partition: Annotated[
         str, typer.Option("--partition", help="How --data is carved: iid, dirichlet:ALPHA (label skew), size:RATIO.")
     ] = "iid",
-    rounds: ro.RoundsOpt = ro.DEFAULTS.num_rounds,
-    strategy: ro.StrategyOpt = ro.DEFAULTS.strategy,
-    model: opt.ModelOpt = ro.DEFAULTS.model,
-    pooling: opt.PoolingOpt = ro.DEFAULTS.pooling,
-    epsilon: ro.RunEpsilonOpt = ro.DEFAULTS.target_epsilon,
-    delta: opt.DeltaOpt = ro.DEFAULTS.delta,
     site_max_epsilon: Annotated[
         str | None,
         typer.Option("--site-max-epsilon", help="Each simulated site's lifetime limit (default: --epsilon)."),
     ] = None,
-    max_grad_norm: opt.ClipOpt = ro.DEFAULTS.max_grad_norm,
-    local_epochs: ro.LocalEpochsOpt = ro.DEFAULTS.training.epochs,
-    batch_size: ro.BatchOpt = ro.DEFAULTS.training.batch_size,
-    lr: ro.LrOpt = ro.DEFAULTS.training.learning_rate,
-    max_length: ro.MaxLengthOpt = ro.DEFAULTS.training.max_length,
-    lora_r: opt.LoraROpt = ro.DEFAULTS.lora.r,
-    lora_alpha: opt.LoraAlphaOpt = ro.DEFAULTS.lora.alpha,
-    sites_per_round: ro.SitesPerRoundOpt = ro.DEFAULTS.sites_per_round,
-    min_sites: ro.MinSitesOpt = ro.DEFAULTS.min_sites,
-    max_update_norm: ro.MaxUpdateNormOpt = ro.DEFAULTS.max_update_norm,
-    federated_eval: ro.FederatedEvalOpt = ro.DEFAULTS.federated_evaluation,
-    upload_precision: ro.UploadPrecisionOpt = ro.DEFAULTS.upload_precision,
-    text_column: opt.TextColumnOpt = "text",
-    label_column: opt.LabelColumnOpt = "label",
+    text_column: opt.TextColumnOpt = opt.DATA_DEFAULTS.text_column,
+    label_column: opt.LabelColumnOpt = opt.DATA_DEFAULTS.label_column,
     labels: opt.LabelsOpt = None,
     seed: Annotated[
         int | None,
@@ -70,6 +55,8 @@ def simulate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default: runs/simulate-<timestamp>).")
     ] = None,
+    *,
+    run: ro.RunOptions,
 ) -> None:
     """Simulate a federation locally: every site trains with DP-SGD under its own ledger; the server aggregates.
 
@@ -78,7 +65,7 @@ def simulate(
     every site's ledger, and checkpoints. The command fails if any site crashed.
     """
     from cli.progress import round_line, round_row, round_table
-    from simulations.simulate import SimulationRequest, prepare, read_sources, run
+    from simulations.simulate import SimulationRequest, prepare, read_sources, run_simulation
 
     out = out or Path("runs") / f"simulate-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     request = SimulationRequest(
@@ -95,10 +82,8 @@ def simulate(
         seed=seed,
     )
     sources = read_sources(request, out)
-    config = ro.federation_config(
-        locals(),  # the shared run options, by parameter name
-        {**sources.run_config_values(out), "out-dir": str(out), "seed": seed if seed is not None else ro.DEFAULTS.seed},
-    )
+    seeded = seed if seed is not None else ro.DEFAULTS.seed
+    config = ro.federation_config(run, {**sources.run_config_values(out), "out-dir": str(out), "seed": seeded})
     prepared = prepare(request, config, sources)
     console.print(
         f"[bold]fedtune simulate[/]: {len(prepared.sites)} sites, strategy {prepared.config.strategy}, "
@@ -108,17 +93,15 @@ def simulate(
     table = round_table()
     with console.status("starting the simulation engine (Ray)...") as status:
 
-        def on_round(record: dict[str, Any]) -> None:
+        def on_round(record: RoundRecord) -> None:
             row = round_row(record)
             table.add_row(*row)
             console.print(round_line(row))
-            status.update(f"round {record['round']} of {prepared.config.num_rounds} done")
+            status.update(f"round {record.round} of {prepared.config.num_rounds} done")
 
-        result = run(prepared, request, on_round=on_round)
+        result = run_simulation(prepared, request, on_round=on_round)
     console.print(table)
     if result.stop_reason:
         console.print(f"[yellow]{result.stop_reason}[/]")
     console.print(f"final adapter: {out / 'adapter'}   privacy report: {out / 'privacy_report.json'}")
-    if not result.ok:
-        names = ", ".join(sorted({f"{c['site_name']} (round {c['round']}): {c['reason']}" for c in result.crashes}))
-        raise FederationError(f"{len(result.crashes)} site crash(es) during the simulation: {names}")
+    result.raise_for_crashes()

@@ -80,10 +80,10 @@ def train(
     lora_dropout: opt.LoraDropoutOpt = _LORA.dropout,
     lora_targets: opt.LoraTargetsOpt = None,
     ffa: opt.FfaOpt = False,
-    text_column: opt.TextColumnOpt = "text",
-    label_column: opt.LabelColumnOpt = "label",
+    text_column: opt.TextColumnOpt = opt.DATA_DEFAULTS.text_column,
+    label_column: opt.LabelColumnOpt = opt.DATA_DEFAULTS.label_column,
     labels: opt.LabelsOpt = None,
-    fmt: opt.FormatOpt = "auto",
+    fmt: opt.FormatOpt = opt.DATA_DEFAULTS.format,
     eval_fraction: Annotated[
         float, typer.Option("--eval-fraction", help="Share held out for evaluation when no --eval-data.")
     ] = _JOB_FIELDS["eval_fraction"].default,

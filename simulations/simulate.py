@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from common.data.spec import DataSpec
 from common.data.split import train_eval_split
 from common.errors import ConfigError, FederationError
 from common.federation.config import FederationConfig, parse_run_config
+from common.federation.rounds import FederationResult, RoundRecord
 from common.federation.site import SiteSettings
 from common.fileio import atomic_write_bytes, atomic_write_json
 from common.training.batches import plan_steps
@@ -198,7 +199,11 @@ def _reload(out: Path, config: FederationConfig) -> PreparedSimulation:
     return PreparedSimulation(config=config, sites=sites, sites_file=out / SITES_FILE)
 
 
-def run(prepared: PreparedSimulation, request: SimulationRequest, on_round: Any = None) -> Any:
+def run_simulation(
+    prepared: PreparedSimulation,
+    request: SimulationRequest,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> FederationResult:
     """Run the prepared federation on Flower's simulation engine; return the server's FederationResult."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -206,7 +211,7 @@ def run(prepared: PreparedSimulation, request: SimulationRequest, on_round: Any 
     from client.site import SIMULATION_SITES_ENV
     from server.federation import run_federation
 
-    holder: dict[str, Any] = {}
+    holder: dict[str, FederationResult] = {}
     client_app = simulation_client_app(prepared.config.to_run_config())
     server_app = ServerApp()
 
@@ -223,9 +228,9 @@ def run(prepared: PreparedSimulation, request: SimulationRequest, on_round: Any 
     os.environ[SIMULATION_SITES_ENV] = str(prepared.sites_file.resolve())
     try:
         with quiet_flower():
-            from flwr.simulation import run_simulation
+            from flwr.simulation import run_simulation as run_on_flower
 
-            run_simulation(
+            run_on_flower(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=len(prepared.sites),

@@ -1,4 +1,4 @@
-"""The run options shared by `fedtune simulate` and `fedtune server start`: declared by both, named in errors."""
+"""The run options shared by `fedtune simulate` and `fedtune server start`: declared once, defaulted by the model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from cli import run_options as ro
 from common.errors import ConfigError
 
 
-def shared_values(**changes):
-    defaults = ro.DEFAULTS.to_run_config()
-    return {**{parameter: defaults[key] for parameter, key in ro.SHARED_OPTIONS.items()}, **changes}
+def run_values(**changes):
+    """The shared options as a decorated command receives them (run-config key -> value), with changes by flag."""
+    values = {key: ro.DEFAULTS.to_run_config()[key] for _, key in ro.SHARED_OPTIONS.values()}
+    return {**values, **{ro.SHARED_OPTIONS[parameter][1]: value for parameter, value in changes.items()}}
 
 
 @pytest.mark.parametrize(("module", "command"), [("cli.simulate", "simulate"), ("cli.server", "start")])
@@ -20,21 +21,36 @@ def test_both_commands_declare_every_shared_option_with_the_model_default(module
     import importlib
 
     parameters = inspect.signature(getattr(importlib.import_module(module), command)).parameters
-    assert set(ro.SHARED_OPTIONS) <= set(parameters)
+    assert set(ro.SHARED_OPTIONS) <= set(parameters) and "run" not in parameters
     defaults = ro.DEFAULTS.to_run_config()
-    for parameter, key in ro.SHARED_OPTIONS.items():
+    for parameter, (_, key) in ro.SHARED_OPTIONS.items():
         assert parameters[parameter].default == defaults[key], parameter  # each default written once, in the model
+
+
+def test_the_decorated_command_receives_the_shared_options_by_run_config_key():
+    received = {}
+
+    @ro.with_run_options
+    def command(out: str = "x", *, run: ro.RunOptions) -> None:
+        received.update(run, out=out)
+
+    command(out="y", **{name: f"value of {name}" for name in ro.SHARED_OPTIONS})
+    assert (
+        received["out"] == "y"
+        and received["num-rounds"] == "value of rounds"
+        and received["learning-rate"] == "value of lr"
+    )
 
 
 def test_values_reach_the_config_and_errors_name_the_option(tmp_path):
     config = ro.federation_config(
-        shared_values(rounds=5, lr=0.5, federated_eval=False), {"labels": ("no", "yes"), "out-dir": str(tmp_path)}
+        run_values(rounds=5, lr=0.5, federated_eval=False), {"labels": ("no", "yes"), "out-dir": str(tmp_path)}
     )
     assert (config.num_rounds, config.training.learning_rate, config.federated_evaluation) == (5, 0.5, False)
     assert config.out_dir == str(tmp_path)
     for parameter, flag in (("lr", "--lr"), ("rounds", "--rounds"), ("federated_eval", "--federated-eval")):
         with pytest.raises(ConfigError, match=flag):
-            ro.federation_config(shared_values(**{parameter: "bad"}), {"labels": ("no", "yes")})
+            ro.federation_config(run_values(**{parameter: "bad"}), {"labels": ("no", "yes")})
 
 
 @pytest.mark.parametrize(
@@ -49,9 +65,9 @@ def test_values_reach_the_config_and_errors_name_the_option(tmp_path):
 )
 def test_composed_settings_are_validated_with_their_own_bounds_and_named_by_the_option(parameter, value, flag):
     with pytest.raises(ConfigError, match=f"option '{flag}'"):
-        ro.federation_config(shared_values(**{parameter: value}), {"labels": ("no", "yes")})
+        ro.federation_config(run_values(**{parameter: value}), {"labels": ("no", "yes")})
 
 
 def test_duplicate_labels_from_the_data_are_refused():
     with pytest.raises(ConfigError, match="labels must be distinct"):
-        ro.federation_config(shared_values(), {"labels": ("no", "no")})
+        ro.federation_config(run_values(), {"labels": ("no", "no")})

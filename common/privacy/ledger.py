@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,25 +237,6 @@ class PrivacyLedger:
                 empty_batches=empty_batches,
             )
             self._file.append(snapshot, record)
-
-    @contextmanager
-    def spending(
-        self,
-        *,
-        dataset: DatasetRef,
-        event: DpSgdEvent | None,
-        delta: float,
-        limit: float | None,
-        accountant: AccountantName = "prv",
-        run_id: str,
-        round: int = 0,
-    ) -> Iterator[Reservation]:
-        """Reserve, run the body, commit. If the body fails, the reservation stays (and counts as spent)."""
-        reservation = self.reserve(
-            dataset=dataset, event=event, delta=delta, limit=limit, accountant=accountant, run_id=run_id, round=round
-        )
-        yield reservation
-        self.commit(reservation)
 
     def _refuse(self, status: BudgetStatus) -> None:
         reason = status.refusal()

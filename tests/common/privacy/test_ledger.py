@@ -74,20 +74,6 @@ def test_reserved_without_commit_counts_as_spent(tmp_path):
     assert PrivacyLedger(path).snapshot().committed == frozenset()
 
 
-def test_spending_context_commits_only_on_success(tmp_path):
-    ledger = PrivacyLedger(tmp_path / "l.jsonl")
-    with ledger.spending(dataset=DATA, event=ev(), delta=1e-5, limit=10.0, run_id="r") as ok:
-        pass
-    with (
-        pytest.raises(RuntimeError),
-        ledger.spending(dataset=DATA, event=ev(), delta=1e-5, limit=10.0, run_id="r", round=1) as failed,
-    ):
-        raise RuntimeError("training crashed")
-    snapshot = ledger.snapshot()
-    assert ok.event_id in snapshot.committed and failed.event_id not in snapshot.committed
-    assert len(snapshot.reservations()) == 2
-
-
 def test_non_private_training_needs_an_explicit_unlimited_budget(tmp_path):
     ledger = PrivacyLedger(tmp_path / "l.jsonl")
     with pytest.raises(BudgetExhaustedError, match="infinite epsilon"):

@@ -61,6 +61,7 @@ def _register_commands() -> None:
     app.add_typer(client.client_app, name="client")
     app.command("audit")(audit.audit)
     app.command("ledger-key")(audit.keygen)
+    app.command("ledger-attribute")(audit.attribute)
     app.add_typer(certs.certs_app, name="certs")
     app.command("sample-data")(sample.sample_data)
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.privacy.ledger import DatasetRef
 
 #: The real datasets live beside the repository (../shared/data); tests that need them skip when absent.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -42,3 +47,27 @@ def build_tiny_model(directory: Path, *, hidden: int = 32, layers: int = 2, num_
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def synthetic_dataset(name: str, size: int, *, tag: str | None = None, start: int = 0) -> DatasetRef:
+    """A DatasetRef of ``size`` synthetic record ids (records ``tag:start`` .. ``tag:start+size-1``).
+
+    Two datasets with the same tag share the records their ranges share: growing a dataset is a larger range.
+    """
+    from common.privacy.ledger import DatasetRef
+    from common.privacy.record_ids import as_set
+
+    tag = tag if tag is not None else name
+    ids = [hashlib.sha256(f"{tag}:{i}".encode()).digest()[:16] for i in range(start, start + size)]
+    return DatasetRef(name, as_set(ids))
+
+
+def run_cli(args: list[str]) -> int:
+    """Run ``fedtune ARGS`` in this process; its exit code (0 when it returns)."""
+    from cli.app import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

@@ -100,6 +100,9 @@ class PrvAccountant(Accountant):
             # PRV sizes its discretisation domain with an internal RDP bound, which warns when its best order is
             # the largest one tried; that only affects the domain size, never the epsilon's validity.
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            # With q = 1 (every example in every batch: no subsampling) the PRV's log(1 - q) is -inf, which numpy
+            # reports; the comparison it feeds is still exact (every t exceeds -inf).
+            warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning)
             coarse = float(accountant.get_epsilon(delta=delta, eps_error=self.max_eps_error))
             wanted = max(self.rel_error * coarse, self.min_eps_error)
             if wanted >= self.max_eps_error:

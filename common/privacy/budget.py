@@ -60,39 +60,44 @@ class BudgetSettings(BaseModel):
 
 @dataclass(frozen=True)
 class BudgetStatus:
-    """What one dataset has spent of its limit, recomputed from its recorded events.
+    """What the most exposed record of one dataset has spent of the limit, recomputed from the recorded events.
 
-    ``spent`` is epsilon at ``delta`` with ``accountant`` (the dataset's first event's, or the caller's for a dataset
-    with no events), infinite once the dataset was trained on without privacy; reserved-only events count as spent.
+    ``spent`` is the largest epsilon of any of the dataset's ``records`` (every record's history composes every
+    event whose record set contained it, whatever dataset or run recorded it), at ``delta`` with ``accountant`` (the
+    ledger's); infinite once any of its records was trained on without privacy; reserved-only events count as
+    spent. ``events`` is the length of that record's history; ``classes`` how many distinct histories the dataset's
+    records have.
     """
 
     dataset_id: str
     fingerprint: str
+    records: int
     spent: float
     limit: float | None
     events: int
+    classes: int
     non_private: bool
     delta: float
     accountant: AccountantName
 
     @property
     def remaining(self) -> float | None:
-        """Epsilon left under the limit (never negative); None when there is no limit."""
+        """Epsilon left under the limit for the most exposed record (never negative); None when there is no limit."""
         return None if self.limit is None else max(0.0, self.limit - self.spent)
 
     def refusal(self) -> str | None:
         """Why this dataset may not train privately at all, or None if it may.
 
-        A dataset trained without privacy has an infinite epsilon for good: no noise added later makes its next
-        release private. A dataset that spent its limit has nothing left for even the smallest round.
+        Records trained without privacy have an infinite epsilon for good: no noise added later makes a release
+        about them private. A record that spent the limit has nothing left for even the smallest round.
         """
-        name = f"dataset {self.dataset_id} ({self.fingerprint[:12]})"
+        name = f"dataset {self.dataset_id} ({self.records} records, {self.fingerprint[:12]})"
         if self.non_private:
-            return f"{name} was trained on without privacy; no noise level can make further training private"
+            return f"{name}: some of its records were trained on without privacy; no noise can make that private"
         if self.limit is not None and self.spent >= self.limit:
             return (
-                f"{name} has already spent epsilon {self.spent:.4g} of its limit {self.limit:g} at delta "
-                f"{self.delta:g} in {self.events} event(s); no further private training fits"
+                f"{name}: its most exposed records have already spent epsilon {self.spent:.4g} of the limit "
+                f"{self.limit:g} at delta {self.delta:g} in {self.events} event(s); no further private training fits"
             )
         return None
 

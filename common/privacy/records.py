@@ -1,63 +1,118 @@
-"""The privacy ledger's on-disk records and their canonical, hash-chained encoding.
+"""The privacy ledger's on-disk records.
 
-A ledger is a JSON Lines file. Line 1 is a :class:`HeaderRecord`; every later line is a :class:`ReserveRecord`
-(a privacy-consuming act about to happen, written BEFORE training) or a :class:`CommitRecord` (that act finished).
-Records are immutable: status changes are new records, never edits.
+A ledger is a JSON Lines file of immutable records (status changes are new records, never edits):
 
-Every record carries ``seq`` (its 0-based position), ``prev_hash`` (the previous record's hash) and ``hash``, the
-sha256 of its canonical JSON without ``hash`` and ``signature``; optionally an Ed25519 ``signature`` of that hash.
-Any edited, deleted, reordered or inserted line therefore breaks the chain at a nameable record.
+* :class:`HeaderRecord` (line 1): the ledger's identity and, optionally, the Ed25519 key that signs every record.
+* :class:`UpgradeRecord`: the ledger keeps per-RECORD budgets from here on (schema ``fedtune-ledger/2``), with the
+  records identified by a keyed hash under the site's record key, whose id it commits to. New ledgers have it at
+  seq 1; a ledger written before it existed gets it appended on first use, and keeps verifying.
+* :class:`RecordSetRecord`: a set of record ids, content-addressed (``set_id`` is the sha256 of the sorted ids),
+  stored whole or as a difference from an earlier set, so that 50 events on a dataset of 100,000 records cost one
+  set, and a dataset that grows costs only what it added.
+* :class:`AttributeRecord`: a legacy event's dataset (by its v1 content fingerprint) was this record set.
+* :class:`ReserveRecord`: a privacy-consuming act about to happen (written BEFORE training), charged to a record
+  set (``record_set``; legacy reserves have none and are charged to every record unless attributed).
+* :class:`CommitRecord`: that act finished.
 
-No record stores epsilon: spend is always recomputed from the reserve records' mechanisms.
+Every record carries ``seq`` (its position), ``prev_hash`` and ``hash`` (:mod:`common.privacy.chain` says how it is
+computed: v1 before the upgrade record, v2 from it on) and optionally a ``signature`` of the hash. No record stores
+epsilon: spend is recomputed from the mechanisms.
+
+Evolution rules (as dp_accounting's events): record types and fields are never removed and never change meaning; a
+new field is optional and absent from older records, and hashing leaves it out when unset (``chain.V2_FIELDS``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from common.privacy.chain import canonical_json, payload
 from common.privacy.events import MECHANISM, DpSgdEvent
 
-SCHEMA: Literal["fedtune-ledger/1"] = "fedtune-ledger/1"
-GENESIS_HASH = "0" * 64
+SCHEMA_V1: Literal["fedtune-ledger/1"] = "fedtune-ledger/1"
+SCHEMA_V2: Literal["fedtune-ledger/2"] = "fedtune-ledger/2"
 NON_PRIVATE = "non-private"
+_DIGEST = r"^[0-9a-f]{64}$"
 
 
-class _Record(BaseModel):
+class BaseRecord(BaseModel):
+    """What every line has: its position, the chain link, its hash, an optional signature, when it was written."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seq: int = Field(ge=0)
-    prev_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    prev_hash: str = Field(pattern=_DIGEST)
     hash: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     signature: str | None = None
     created_at: str
 
 
-class HeaderRecord(_Record):
+class HeaderRecord(BaseRecord):
     """First line: the ledger's identity, schema and (optionally) the public key that signs every record."""
 
     type: Literal["header"] = "header"
-    schema_version: Literal["fedtune-ledger/1"] = SCHEMA
+    schema_version: Literal["fedtune-ledger/1", "fedtune-ledger/2"] = SCHEMA_V2
     ledger_id: str
     public_key: str | None = None  # base64 raw Ed25519 public key
 
 
-class ReserveRecord(_Record):
-    """A privacy-consuming act on one dataset, reserved (and counted as spent) before it happens.
+class UpgradeRecord(BaseRecord):
+    """Per-record budgets from here on; records are identified under the record key ``record_key_id`` names."""
+
+    type: Literal["upgrade"] = "upgrade"
+    schema_version: Literal["fedtune-ledger/2"] = SCHEMA_V2
+    record_key_id: str = Field(pattern=_DIGEST)
+
+
+class RecordSetRecord(BaseRecord):
+    """A set of record ids (16 bytes each, sorted), whole (``ids``) or as ``base`` plus ``added`` minus ``removed``.
+
+    ``set_id`` is the sha256 of the sorted ids' bytes, checked when the ledger is read; ``count`` their number.
+    Id blobs are base64 of the concatenated ids.
+    """
+
+    type: Literal["records"] = "records"
+    set_id: str = Field(pattern=_DIGEST)
+    count: int = Field(ge=1)
+    ids: str | None = None
+    base: str | None = Field(default=None, pattern=_DIGEST)
+    added: str | None = None
+    removed: str | None = None
+
+    @model_validator(mode="after")
+    def _one_encoding(self) -> RecordSetRecord:
+        whole = self.ids is not None
+        delta = self.base is not None
+        if whole == delta or (whole and (self.added or self.removed)):
+            raise ValueError("a record set is either whole (ids) or a difference (base, added, removed)")
+        return self
+
+
+class AttributeRecord(BaseRecord):
+    """Legacy events of the v1 dataset fingerprint ``legacy_fingerprint`` covered exactly the set ``record_set``."""
+
+    type: Literal["attribute"] = "attribute"
+    legacy_fingerprint: str = Field(pattern=_DIGEST)
+    record_set: str = Field(pattern=_DIGEST)
+
+
+class ReserveRecord(BaseRecord):
+    """A privacy-consuming act on a set of records, reserved (and counted as spent) before it happens.
 
     ``mechanism`` is DP-SGD with Poisson subsampling under add/remove adjacency, described by (noise_multiplier,
-    sample_rate, steps, max_grad_norm); or ``non-private`` (infinite epsilon), recorded so that a dataset once
-    trained on without privacy can never again look private.
+    sample_rate, steps, max_grad_norm); or ``non-private`` (infinite epsilon), recorded so that records once trained
+    on without privacy can never again look private. ``record_set`` names the records it covers (absent in legacy
+    reserves, whose ``dataset_fingerprint`` is the v1 content fingerprint of the dataset).
     """
 
     type: Literal["reserve"] = "reserve"
     event_id: str
     dataset_id: str
-    dataset_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    dataset_fingerprint: str = Field(pattern=_DIGEST)
+    record_set: str | None = Field(default=None, pattern=_DIGEST)
     run_id: str
     round: int = Field(ge=0)
     mechanism: Literal["dpsgd-poisson-gaussian/add-remove", "non-private"]
@@ -73,7 +128,7 @@ class ReserveRecord(_Record):
         """The DP-SGD event this record charges, or None for a non-private act (infinite epsilon)."""
         if self.mechanism == NON_PRIVATE:
             return None
-        assert self.noise_multiplier is not None and self.sample_rate is not None
+        assert self.noise_multiplier is not None and self.sample_rate is not None  # _mechanism_parameters
         assert self.steps is not None and self.max_grad_norm is not None
         return DpSgdEvent(
             noise_multiplier=self.noise_multiplier,
@@ -95,7 +150,7 @@ class ReserveRecord(_Record):
         return self
 
 
-class CommitRecord(_Record):
+class CommitRecord(BaseRecord):
     """The reserved act ``event_id`` completed (its update may now leave the site)."""
 
     type: Literal["commit"] = "commit"
@@ -105,25 +160,14 @@ class CommitRecord(_Record):
 
 
 #: Any one line of a ledger (for annotations); :data:`LedgerRecord` adds the discriminator that parsing uses.
-AnyRecord = HeaderRecord | ReserveRecord | CommitRecord
+AnyRecord = HeaderRecord | UpgradeRecord | RecordSetRecord | AttributeRecord | ReserveRecord | CommitRecord
 LedgerRecord = Annotated[AnyRecord, Field(discriminator="type")]
 RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(LedgerRecord)
 
 
-def canonical_json(payload: dict[str, Any]) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept (the bytes that are hashed and stored)."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def record_hash(record: BaseModel) -> str:
-    """sha256 of the record's canonical JSON without its ``hash`` and ``signature``."""
-    payload = record.model_dump(mode="json", exclude={"hash", "signature"})
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
 def encode_record(record: BaseModel) -> str:
     """The record's line in the ledger file (without the newline)."""
-    return canonical_json(record.model_dump(mode="json"))
+    return canonical_json(payload(record))
 
 
 def timestamp() -> str:

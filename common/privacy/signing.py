@@ -18,6 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.errors import CertificateError
 
+#: A PEM Ed25519 key is about 120 bytes; anything far larger is not one.
+MAX_KEY_BYTES = 64 * 1024
+
 
 def generate_signing_key(path: Path) -> Ed25519PublicKey:
     """Create a new Ed25519 key at ``path`` (0600, refusing to overwrite) and a ``.pub`` file beside it."""
@@ -36,10 +39,12 @@ def generate_signing_key(path: Path) -> Ed25519PublicKey:
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key (PKCS#8 PEM); raises CertificateError naming the file on any problem."""
+    from common.data.files import FileAccessError, read_bounded
+
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CertificateError(f"{path}: cannot read the signing key: {exc.strerror}") from None
+        data = read_bounded(path, max_bytes=MAX_KEY_BYTES)  # a regular file, never a device read forever
+    except FileAccessError as exc:
+        raise CertificateError(f"{path}: cannot read the signing key: {exc.reason}") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

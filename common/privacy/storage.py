@@ -7,10 +7,13 @@ whether the file is intact in :mod:`common.privacy.verification`. Invariants thi
   existing line), atomically and durably: temp file, fsync, rename, fsync of the directory
   (:func:`common.fileio.atomic_write_bytes`). A reader sees the old file or the new one, never a mix.
 * **Ledger first, anchor second.** The head anchor (``<ledger>.head``: last seq and hash, signed when the ledger is)
-  is rewritten only after the ledger file is durable. A crash in between leaves the anchor one record behind,
+  is rewritten only after the ledger file is durable. A crash in between leaves the anchor behind the last write,
   which verification accepts; it refuses an anchor *ahead* of the file (records deleted from the end).
-* **Header with the first record.** A new ledger's first write holds its header and its first record together, so
-  a file never consists of a header alone.
+* **Header alone first.** A new ledger is created as its header alone, anchored, before anything is appended. So
+  the only state without an anchor a crash can leave is a ledger with no events at all: verification refuses a
+  missing anchor on any ledger that holds an event (a ledger cut back to its first event is tampering).
+* **Several records, one write.** An append (e.g. upgrade, record set and reserve) is one atomic write: either all
+  of its records are in the file or none.
 * **One writer.** Writes run under an exclusive lock file (``<ledger>.lock``); holding it, no writer is active, so
   temp files left beside the ledger are leftovers of killed writers and are removed.
 
@@ -25,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,21 +38,22 @@ from pydantic import BaseModel, ValidationError
 
 from common.errors import LedgerCorruptError, LedgerError, LedgerTamperError
 from common.fileio import atomic_write_bytes
+from common.privacy.chain import GENESIS_HASH, canonical_json, v1_hash, v2_hash
+from common.privacy.record_sets import RecordSets
 from common.privacy.records import (
-    GENESIS_HASH,
     RECORD_ADAPTER,
     AnyRecord,
+    BaseRecord,
     CommitRecord,
     HeaderRecord,
     ReserveRecord,
-    canonical_json,
+    UpgradeRecord,
     encode_record,
-    record_hash,
     timestamp,
 )
 from common.privacy.signing import public_key_text, sign_hash
 
-RecordT = TypeVar("RecordT", HeaderRecord, ReserveRecord, CommitRecord)
+RecordT = TypeVar("RecordT", bound=BaseRecord)
 
 
 def head_path(path: Path) -> Path:
@@ -91,6 +96,16 @@ class LedgerSnapshot:
         """The header record, if the ledger exists."""
         first = self.records[0] if self.records else None
         return first if isinstance(first, HeaderRecord) else None
+
+    @cached_property
+    def sets(self) -> RecordSets:
+        """Every record set the ledger stores, decoded once and checked against its address."""
+        return RecordSets(self.records, source=str(self.path))
+
+    @property
+    def upgrade(self) -> UpgradeRecord | None:
+        """The record from which the ledger keeps per-record budgets (None for a ledger not yet upgraded)."""
+        return next((r for r in self.records if isinstance(r, UpgradeRecord)), None)
 
     def reservations(self, fingerprint: str | None = None) -> list[ReserveRecord]:
         """Reserve records (every one counts as spent), optionally of one dataset, in ledger order."""
@@ -183,38 +198,48 @@ class LedgerFile:
         except Timeout:
             raise LedgerError(f"{self.path}: another process holds the ledger lock ({self._lock.lock_file})") from None
 
-    def append(self, snapshot: LedgerSnapshot, record: RecordT) -> RecordT:
-        """Seal ``record`` after the snapshot's last record, make it durable, then the anchor; return it sealed.
+    def append(self, snapshot: LedgerSnapshot, *records: AnyRecord) -> list[AnyRecord]:
+        """Seal ``records`` after the snapshot's last record, make them durable (one write), then the anchor.
 
-        ``snapshot`` must be the verified content of the file, read under :meth:`locked`. ``record``'s ``seq``,
-        ``prev_hash``, ``hash`` and ``signature`` are placeholders that sealing replaces.
+        ``snapshot`` must be the verified content of the file, read under :meth:`locked`. Each record's ``seq``,
+        ``prev_hash``, ``hash`` and ``signature`` are placeholders that sealing replaces. A ledger that does not
+        exist yet is first created as its header alone, anchored. Returns the sealed records.
         """
-        header = snapshot.header
-        new_lines: list[AnyRecord] = []
-        if header is None:
+        if snapshot.header is None:
             if snapshot.records:
                 raise LedgerTamperError(f"{self.path}:1: the first record is not the ledger header")
-            header = self._seal(
-                HeaderRecord(
-                    seq=0,
-                    prev_hash=GENESIS_HASH,
-                    created_at=timestamp(),
-                    ledger_id=str(uuid.uuid4()),
-                    public_key=public_key_text(self.signing_key.public_key()) if self.signing_key else None,
-                ),
-                GENESIS_HASH,
-            )
-            new_lines.append(header)
-        else:
-            self._check_signing_key(header)
-        last = new_lines[-1] if new_lines else snapshot.records[-1]
-        sealed = self._seal(record.model_copy(update={"seq": last.seq + 1}), last.hash)
-        new_lines.append(sealed)
-        existing = self.path.read_bytes() if self.path.exists() else b""
-        addition = "".join(encode_record(r) + "\n" for r in new_lines).encode()
-        atomic_write_bytes(self.path, existing + addition)
-        self._write_head(HeadAnchor(seq=sealed.seq, hash=sealed.hash, ledger_id=header.ledger_id))
+            snapshot = self._create()
+        header = snapshot.header
+        assert header is not None  # _create wrote it
+        self._check_signing_key(header)
+        last = snapshot.records[-1]
+        upgraded = snapshot.upgrade is not None
+        sealed: list[AnyRecord] = []
+        for record in records:
+            upgraded = upgraded or isinstance(record, UpgradeRecord)
+            last = self._seal(record.model_copy(update={"seq": last.seq + 1}), last.hash, v2=upgraded)
+            sealed.append(last)
+        addition = "".join(encode_record(r) + "\n" for r in sealed).encode()
+        atomic_write_bytes(self.path, self.path.read_bytes() + addition)
+        self._write_head(HeadAnchor(seq=last.seq, hash=last.hash, ledger_id=header.ledger_id))
         return sealed
+
+    def _create(self) -> LedgerSnapshot:
+        """Write a new ledger's header alone, then its anchor (see the module docstring: 'Header alone first')."""
+        header = self._seal(
+            HeaderRecord(
+                seq=0,
+                prev_hash=GENESIS_HASH,
+                created_at=timestamp(),
+                ledger_id=str(uuid.uuid4()),
+                public_key=public_key_text(self.signing_key.public_key()) if self.signing_key else None,
+            ),
+            GENESIS_HASH,
+            v2=False,
+        )
+        atomic_write_bytes(self.path, (encode_record(header) + "\n").encode())
+        self._write_head(HeadAnchor(seq=0, hash=header.hash, ledger_id=header.ledger_id))
+        return LedgerSnapshot(path=self.path, records=(header,))
 
     def _check_signing_key(self, header: HeaderRecord) -> None:
         """A signed ledger is appended to only with its own key; an unsigned one stays unsigned."""
@@ -226,9 +251,9 @@ class LedgerFile:
         elif self.signing_key is not None:
             raise LedgerError(f"{self.path}: this ledger was created unsigned; it cannot switch to signing")
 
-    def _seal(self, record: RecordT, prev_hash: str) -> RecordT:
+    def _seal(self, record: RecordT, prev_hash: str, *, v2: bool) -> RecordT:
         unsigned = record.model_copy(update={"prev_hash": prev_hash, "hash": "", "signature": None})
-        digest = record_hash(unsigned)
+        digest = v2_hash(unsigned) if v2 else v1_hash(unsigned)
         signature = sign_hash(self.signing_key, digest) if self.signing_key is not None else None
         return unsigned.model_copy(update={"hash": digest, "signature": signature})
 

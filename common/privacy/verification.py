@@ -5,14 +5,17 @@ A ledger is trusted only after every check below passes; any failure raises
 unparseable file raises :class:`~common.errors.LedgerCorruptError` from :mod:`common.privacy.storage` first):
 
 1. the first record is the header; with a pinned (trusted) public key, the header must name exactly that key;
-2. every record's hash matches its content (else it was edited), its ``seq`` is its position (else records were
-   deleted, inserted or reordered), its ``prev_hash`` is the previous record's hash (else a record was replaced),
-   and, in a signed ledger, its Ed25519 signature of that hash is valid (a forger who recomputes every hash still
-   cannot sign);
-3. there is one header; event ids are reserved once and committed once, only after their reservation;
+2. every record's hash matches its content (v1 or v2 rule, :mod:`common.privacy.chain`; else it was edited), its
+   ``seq`` is its position (else records were deleted, inserted or reordered), its ``prev_hash`` is the previous
+   record's hash (else a record was replaced), and, in a signed ledger, its Ed25519 signature of that hash is valid
+   (a forger who recomputes every hash still cannot sign);
+3. there is one header and at most one upgrade; record sets, attributions and per-record reserves come after the
+   upgrade, every set matches its content address and every reference names a set stored before it; a legacy
+   fingerprint is attributed once; event ids are reserved once and committed once, only after their reservation;
 4. the head anchor belongs to this ledger, does not point past its end (records deleted from the end), matches the
    hash of the record it names, and is signed in a signed ledger. A missing anchor is accepted only in the one state
-   a crash can leave it: header and first record written, anchor not yet.
+   a crash can leave it in: a new ledger's header, written alone, before its anchor; a ledger holding any event
+   without its anchor was cut back or had the anchor removed.
 
 The hash chain is the construction of Haber & Stornetta (J. Cryptology 1991, "How to time-stamp a digital
 document"); signatures are Ed25519 (RFC 8032).
@@ -26,7 +29,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.errors import LedgerTamperError
-from common.privacy.records import GENESIS_HASH, AnyRecord, CommitRecord, HeaderRecord, ReserveRecord, record_hash
+from common.privacy.chain import GENESIS_HASH, v1_hash, v2_hash
+from common.privacy.records import (
+    AnyRecord,
+    AttributeRecord,
+    CommitRecord,
+    HeaderRecord,
+    RecordSetRecord,
+    ReserveRecord,
+    UpgradeRecord,
+)
 from common.privacy.signing import parse_public_key, public_key_text, signature_valid
 from common.privacy.storage import HeadAnchor, LedgerSnapshot, head_path, read_head, read_records
 
@@ -43,7 +55,9 @@ def verified_snapshot(path: Path, *, trusted: Ed25519PublicKey | None = None) ->
     records = read_records(path)
     committed = verify_chain(path, records, trusted)
     verify_head(path, records, read_head(path))
-    return LedgerSnapshot(path=path, records=tuple(records), committed=committed)
+    snapshot = LedgerSnapshot(path=path, records=tuple(records), committed=committed)
+    verify_references(snapshot)
+    return snapshot
 
 
 def verify_chain(path: Path, records: Sequence[AnyRecord], trusted: Ed25519PublicKey | None) -> frozenset[str]:
@@ -60,10 +74,15 @@ def verify_chain(path: Path, records: Sequence[AnyRecord], trusted: Ed25519Publi
     reserved: set[str] = set()
     committed: set[str] = set()
     previous_hash = GENESIS_HASH
+    upgraded = False
     for expected_seq, record in enumerate(records):
         line = expected_seq + 1
         name = record_name(record)
-        if record_hash(record) != record.hash:
+        if isinstance(record, UpgradeRecord):
+            if upgraded or expected_seq == 0:
+                raise LedgerTamperError(f"{path}:{line}: {name} is misplaced: a ledger upgrades once, after its header")
+            upgraded = True
+        if (v2_hash(record) if upgraded else v1_hash(record)) != record.hash:
             raise LedgerTamperError(f"{path}:{line}: {name} does not match its hash: the record was edited")
         if record.seq > expected_seq:
             raise LedgerTamperError(
@@ -97,6 +116,43 @@ def verify_chain(path: Path, records: Sequence[AnyRecord], trusted: Ed25519Publi
     return frozenset(committed)
 
 
+def verify_references(snapshot: LedgerSnapshot) -> None:
+    """Raise LedgerTamperError unless per-record records are well placed and refer to sets stored before them.
+
+    Decoding the snapshot's record sets checks each against its content address.
+    """
+    path, records = snapshot.path, snapshot.records
+    upgrade_seq = next((r.seq for r in records if isinstance(r, UpgradeRecord)), None)
+    stored: set[str] = set()
+    attributed: set[str] = set()
+    for record in records:
+        line, name = record.seq + 1, record_name(record)
+        per_record = isinstance(record, RecordSetRecord | AttributeRecord) or (
+            isinstance(record, ReserveRecord) and record.record_set is not None
+        )
+        if per_record and (upgrade_seq is None or record.seq < upgrade_seq):
+            raise LedgerTamperError(f"{path}:{line}: {name} comes before the ledger's upgrade to per-record budgets")
+        if (
+            isinstance(record, ReserveRecord)
+            and upgrade_seq is not None
+            and record.seq > upgrade_seq
+            and record.record_set is None
+        ):
+            raise LedgerTamperError(f"{path}:{line}: {name} names no record set after the upgrade")
+        referenced = record.record_set if isinstance(record, ReserveRecord | AttributeRecord) else None
+        if isinstance(record, RecordSetRecord):
+            referenced = record.base
+        if referenced is not None and referenced not in stored:
+            raise LedgerTamperError(f"{path}:{line}: {name} refers to a record set not stored before it")
+        if isinstance(record, AttributeRecord):
+            if record.legacy_fingerprint in attributed:
+                raise LedgerTamperError(f"{path}:{line}: {name} attributes a legacy dataset a second time")
+            attributed.add(record.legacy_fingerprint)
+        if isinstance(record, RecordSetRecord):
+            stored.add(record.set_id)
+    _ = snapshot.sets  # decoding checks every set against its content address
+
+
 def verify_head(path: Path, records: Sequence[AnyRecord], head: HeadAnchor | None) -> None:
     """Raise LedgerTamperError unless ``head`` (the anchor read beside ``path``) vouches for ``records``' end.
 
@@ -107,11 +163,14 @@ def verify_head(path: Path, records: Sequence[AnyRecord], head: HeadAnchor | Non
     if not isinstance(header, HeaderRecord):  # verify_chain refuses this first; kept so the check never depends on it
         raise LedgerTamperError(f"{path}:1: the first record is a {header.type} record, not the ledger header")
     if head is None:
-        # The first write creates the header and the first record together, then the anchor: a crash in between
-        # leaves exactly two records and no anchor. Anything else without an anchor was tampered with.
-        if len(records) == 2:
+        # A new ledger is written as its header alone before its anchor: a crash in between leaves the header and no
+        # anchor, with nothing spent. Any ledger holding more without an anchor was cut back or had it removed.
+        if len(records) == 1:
             return
-        raise LedgerTamperError(f"{anchor}: the head anchor is missing (it records where the ledger ends)")
+        raise LedgerTamperError(
+            f"{anchor}: the head anchor is missing but the ledger holds {len(records) - 1} record(s) after its header:"
+            " the ledger was cut back or its anchor removed (a crash cannot leave this state)"
+        )
     last = records[-1].seq
     if head.ledger_id != header.ledger_id:
         raise LedgerTamperError(f"{anchor}: the head anchor belongs to another ledger")
@@ -134,4 +193,6 @@ def record_name(record: AnyRecord) -> str:
         return f"reserve record seq {record.seq} (event {record.event_id}, run {record.run_id}, round {record.round})"
     if isinstance(record, CommitRecord):
         return f"commit record seq {record.seq} (event {record.event_id})"
-    return f"header record seq {record.seq}"
+    if isinstance(record, RecordSetRecord):
+        return f"record set seq {record.seq} ({record.count} records, {record.set_id[:12]})"
+    return f"{record.type} record seq {record.seq}"

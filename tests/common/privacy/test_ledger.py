@@ -10,12 +10,13 @@ import pytest
 from common.errors import BudgetExhaustedError, LedgerCorruptError, LedgerError, PrivacyParameterError
 from common.privacy.accountant import PrvAccountant
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 from common.privacy.signing import generate_signing_key, load_signing_key
 from common.privacy.storage import head_path
+from tests.helpers import synthetic_dataset
 
-DATA = DatasetRef(fingerprint="a" * 64, dataset_id="site-a.jsonl", num_examples=10_000)
-OTHER = DatasetRef(fingerprint="b" * 64, dataset_id="site-b.jsonl", num_examples=10_000)
+DATA = synthetic_dataset("site-a.jsonl", 10_000, tag="a")
+OTHER = synthetic_dataset("site-b.jsonl", 10_000, tag="b")
 
 
 def ev(sigma: float = 1.0, q: float = 0.02, steps: int = 100) -> DpSgdEvent:
@@ -37,7 +38,7 @@ def test_composition_across_rounds_and_runs_equals_one_accountant(tmp_path):
         spend(PrivacyLedger(path), event, run="run-2", rnd=i)
     spend(PrivacyLedger(path), ev(3.0), dataset=OTHER)  # another dataset does not count
     expected = PrvAccountant().epsilon(events, delta=1e-5)
-    assert PrivacyLedger(path).spent(DATA.fingerprint, delta=1e-5) == pytest.approx(expected, rel=1e-9)
+    assert PrivacyLedger(path).spent(DATA, delta=1e-5) == pytest.approx(expected, rel=1e-9)
     snapshot = PrivacyLedger(path).snapshot()
     assert len(snapshot.reservations(DATA.fingerprint)) == 4
     assert len(snapshot.committed) == 5
@@ -70,7 +71,7 @@ def test_reserved_without_commit_counts_as_spent(tmp_path):
     path = tmp_path / "l.jsonl"
     reservation = PrivacyLedger(path).reserve(dataset=DATA, event=ev(), delta=1e-5, limit=10.0, run_id="r")
     # "crash": never committed
-    assert PrivacyLedger(path).spent(DATA.fingerprint, delta=1e-5) == pytest.approx(reservation.epsilon_after)
+    assert PrivacyLedger(path).spent(DATA, delta=1e-5) == pytest.approx(reservation.epsilon_after)
     assert PrivacyLedger(path).snapshot().committed == frozenset()
 
 
@@ -79,7 +80,7 @@ def test_non_private_training_needs_an_explicit_unlimited_budget(tmp_path):
     with pytest.raises(BudgetExhaustedError, match="infinite epsilon"):
         ledger.reserve(dataset=DATA, event=None, delta=1e-5, limit=10.0, run_id="r")
     ledger.reserve(dataset=DATA, event=None, delta=1e-5, limit=None, run_id="r")
-    assert math.isinf(ledger.spent(DATA.fingerprint, delta=1e-5))
+    assert math.isinf(ledger.spent(DATA, delta=1e-5))
     with pytest.raises(BudgetExhaustedError):
         ledger.reserve(dataset=DATA, event=ev(), delta=1e-5, limit=1000.0, run_id="r", round=1)
 

@@ -10,10 +10,11 @@ from common.errors import BudgetExhaustedError, PrivacyParameterError
 from common.privacy.accountant import PrvAccountant, RdpAccountant
 from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
+from tests.helpers import synthetic_dataset
 
-DATA = DatasetRef(fingerprint="a" * 64, dataset_id="site-a.jsonl", num_examples=10_000)
-OTHER = DatasetRef(fingerprint="b" * 64, dataset_id="site-b.jsonl", num_examples=10_000)
+DATA = synthetic_dataset("site-a.jsonl", 10_000, tag="a")
+OTHER = synthetic_dataset("site-b.jsonl", 10_000, tag="b")
 PLAN = {"delta": 1e-5, "sample_rate": 0.02, "steps": 50, "rounds": 4, "max_grad_norm": 1.0}
 
 
@@ -38,14 +39,14 @@ def test_status_of_an_unseen_dataset_uses_the_callers_accounting(tmp_path):
     assert status.refusal() is None
 
 
-def test_status_recomputes_every_event_of_the_dataset_at_its_first_events_accounting(tmp_path):
+def test_status_recomputes_every_event_of_the_dataset_at_the_ledgers_accounting(tmp_path):
     ledger = PrivacyLedger(tmp_path / "l.jsonl")
     events = [ev(1.0), ev(1.3, 0.05, 40), ev(0.9)]
     reserve(ledger, events[0], accountant="prv")
     reserve(ledger, events[1], accountant="prv", run="run-2")
     reserve(ledger, events[2], accountant="prv", run="run-2", rnd=1, commit=False)  # reserved only: counts
-    reserve(ledger, ev(0.5), dataset=OTHER)  # another dataset does not count
-    status = ledger.status(DATA, delta=1e-3, accountant="rdp", limit=10.0)  # the dataset's own accounting wins
+    reserve(ledger, ev(0.5), dataset=OTHER, accountant="prv")  # another dataset's records do not count
+    status = ledger.status(DATA, delta=1e-3, accountant="rdp", limit=10.0)  # the ledger's accounting wins
     assert (status.delta, status.accountant, status.events) == (1e-5, "prv", 3)
     assert status.spent == pytest.approx(PrvAccountant().epsilon(events, delta=1e-5), rel=1e-12)
     assert status.remaining == pytest.approx(10.0 - status.spent, rel=1e-12)
@@ -80,7 +81,7 @@ def test_check_trainable_refuses_a_dataset_that_spent_its_limit(tmp_path):
         ledger.check_trainable(DATA, delta=1e-5, accountant="rdp", limit=spent)  # exactly spent: nothing left
     message = str(info.value)
     assert "site-a.jsonl" in message and "already spent" in message and str(path) in message
-    assert f"of its limit {spent:g}" in message
+    assert f"of the limit {spent:g}" in message
     assert path.read_bytes() == before  # a question never writes
 
 

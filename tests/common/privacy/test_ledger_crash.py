@@ -21,27 +21,35 @@ import pytest
 
 from common.privacy.accountant import get_accountant
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 from common.privacy.storage import head_path, read_head
+from tests.helpers import synthetic_dataset
 
-DATA = DatasetRef(fingerprint="d" * 64, dataset_id="crash.jsonl", num_examples=10_000)
+DATA = synthetic_dataset("crash.jsonl", 10_000, tag="d")
 EVENT = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.01, steps=10, max_grad_norm=1.0)
 OPS = ("reserve", "commit", "reserve", "commit")  # two rounds; the first reserve creates the ledger
 WRITE_STEPS = ("begin", "rename", "renamed", "done")  # before the write; temp complete; renamed; durable
 SAFETY_TIMEOUT = 120.0  # seconds a worker may take to reach its next marker before the test fails
+#: The anchor's seq after the n-th anchor write: the new ledger's header alone (0), then the first reserve (written
+#: with the upgrade and the record set: seq 3), its commit, the second reserve and commit.
+ANCHOR_SEQ = (None, 0, 3, 4, 5, 6)
 
 
-def op_markers(op: str) -> list[str]:
-    steps = [f"{step} {file}" for file in ("ledger", "head") for step in WRITE_STEPS]
-    return [*steps, "reserved" if op == "reserve" else "committed"]
+def write_markers() -> list[str]:
+    return [f"{step} {file}" for file in ("ledger", "head") for step in WRITE_STEPS]
+
+
+def op_markers(index: int, op: str) -> list[str]:
+    creation = write_markers() if index == 0 else []  # a new ledger is its header alone, anchored, first
+    return [*creation, *write_markers(), "reserved" if op == "reserve" else "committed"]
 
 
 def expected_markers() -> list[str]:
-    return [marker for op in OPS for marker in op_markers(op)]
+    return [marker for i, op in enumerate(OPS) for marker in op_markers(i, op)]
 
 
 def kill_point_ids() -> list[str]:
-    return [f"op{i + 1}-{op}:{marker}" for i, op in enumerate(OPS) for marker in op_markers(op)]
+    return [f"op{i + 1}-{op}:{n}:{marker}" for i, op in enumerate(OPS) for n, marker in enumerate(op_markers(i, op))]
 
 
 def _worker(path: Path, report_fd: int, go_fd: int) -> None:
@@ -162,15 +170,16 @@ def test_kill_minus_nine_at_every_step_never_loses_spend(tmp_path, all_markers, 
     assert run.markers == all_markers[: kill_at + 1]
     killed_at = run.markers[-1]
 
-    # Exactly the writes whose rename happened are on disk: op i's record iff its ledger rename completed.
-    landed = run.markers.count("renamed ledger")
+    # Exactly the writes whose rename happened are on disk: op i's record iff its ledger rename completed (the first
+    # ledger rename is the new ledger's header alone).
+    landed = max(0, run.markers.count("renamed ledger") - 1)
     expect_reserved = OPS[:landed].count("reserve")
     expect_committed = OPS[:landed].count("commit")
     if killed_at.startswith("rename "):  # temp file complete, rename not done: a stale temp file is left behind
         assert list(tmp_path.glob(".ledger.jsonl.*.tmp")), "expected the killed writer's temp file"
 
     # "Restart": a fresh ledger object reads and fully verifies what the killed process left.
-    if landed == 0:
+    if run.markers.count("renamed ledger") == 0:
         assert not path.exists() and not head_path(path).exists()
     snapshot = PrivacyLedger(path).snapshot()
     reservations = snapshot.reservations(DATA.fingerprint)
@@ -178,13 +187,12 @@ def test_kill_minus_nine_at_every_step_never_loses_spend(tmp_path, all_markers, 
     reported_reserved = run.markers.count("reserved")
     assert len(reservations) >= reported_reserved  # a reservation the worker saw returned is never lost
     assert len(snapshot.committed) >= run.markers.count("committed")  # nor is a commit
-    spent = PrivacyLedger(path).spent(DATA.fingerprint, delta=1e-5, accountant="rdp")
+    spent = PrivacyLedger(path).spent(DATA, delta=1e-5, accountant="rdp")
     assert spent == pytest.approx(rdp_epsilon(expect_reserved), rel=1e-12)  # reserved without commit counts
     assert spent >= rdp_epsilon(reported_reserved)
-    anchors = run.markers.count("renamed head")
     head = read_head(path)
-    # Op i writes record seq i; the anchor names the last op whose anchor rename completed (trailing by at most one).
-    assert (head.seq if head else None) == (anchors or None)
+    # The anchor names the last write whose anchor rename completed (trailing the ledger by at most one write).
+    assert (head.seq if head else None) == ANCHOR_SEQ[run.markers.count("renamed head")]
 
     # The site carries on: the next round reserves and commits on top, the stale temp file is cleaned up.
     ledger = PrivacyLedger(path, lock_timeout=SAFETY_TIMEOUT)

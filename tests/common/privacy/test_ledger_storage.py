@@ -8,14 +8,16 @@ import pytest
 from filelock import FileLock
 
 from common.errors import LedgerError, LedgerTamperError
+from common.privacy.chain import GENESIS_HASH, v2_hash
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger
-from common.privacy.records import GENESIS_HASH, CommitRecord, HeaderRecord, record_hash, timestamp
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.records import CommitRecord, HeaderRecord, timestamp
 from common.privacy.signing import generate_signing_key, load_signing_key
 from common.privacy.storage import HeadAnchor, LedgerFile, LedgerSnapshot, head_path, read_head, read_records
 from common.privacy.verification import record_name, verified_snapshot, verify_chain, verify_head
+from tests.helpers import synthetic_dataset
 
-DATA = DatasetRef(fingerprint="e" * 64, dataset_id="e.jsonl", num_examples=10_000)
+DATA = synthetic_dataset("e.jsonl", 10_000, tag="e")
 EVENT = DpSgdEvent(noise_multiplier=1.0, sample_rate=0.02, steps=50, max_grad_norm=1.0)
 
 
@@ -34,11 +36,16 @@ def write_head(path: Path, head: HeadAnchor) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- storage
-def test_first_append_writes_header_and_record_then_the_anchor(tmp_path):
+def test_a_new_ledger_is_its_header_anchored_before_anything_is_appended(tmp_path):
     path = tmp_path / "l.jsonl"
-    sealed = LedgerFile(path, signing_key=None, lock_timeout=5).append(
-        LedgerSnapshot(path=path),
-        CommitRecord(seq=0, prev_hash=GENESIS_HASH, created_at=timestamp(), event_id="x"),
+    ledger_file = LedgerFile(path, signing_key=None, lock_timeout=5)
+    header = ledger_file._create().records[0]  # the crash window: a header alone (no event, nothing spent)
+    assert read_records(path) == [header]
+    assert read_head(path) == HeadAnchor(seq=0, hash=header.hash, ledger_id=header.ledger_id)
+    path.unlink()
+    head_path(path).unlink()
+    (sealed,) = ledger_file.append(
+        LedgerSnapshot(path=path), CommitRecord(seq=0, prev_hash=GENESIS_HASH, created_at=timestamp(), event_id="x")
     )
     header, record = read_records(path)
     assert isinstance(header, HeaderRecord) and header.seq == 0 and header.public_key is None
@@ -118,18 +125,19 @@ def test_anchor_mismatches_are_tampering(tmp_path):
         verify_head(path, records, head.model_copy(update={"ledger_id": "other"}))
     with pytest.raises(LedgerTamperError, match="record seq 2 does not match the hash in the head anchor"):
         verify_head(path, records, head.model_copy(update={"seq": 2}))
-    with pytest.raises(LedgerTamperError, match=r"seq 5\.\.9 were deleted from the end"):
+    with pytest.raises(LedgerTamperError, match=r"seq 7\.\.9 were deleted from the end"):
         verify_head(path, records, head.model_copy(update={"seq": 9}))
     verify_head(path, records, head)
 
 
-def test_no_anchor_is_accepted_only_after_the_first_write(tmp_path):
+def test_no_anchor_is_accepted_only_for_a_ledger_without_events(tmp_path):
     path = tmp_path / "l.jsonl"
     build(path, rounds=1)
     records = read_records(path)
-    verify_head(path, records[:2], None)  # header + first reserve: the crash window of the very first write
-    with pytest.raises(LedgerTamperError, match="head anchor is missing"):
-        verify_head(path, records, None)
+    verify_head(path, records[:1], None)  # the header alone: the crash window of a new ledger
+    for cut in (2, 4, len(records)):  # a ledger cut back to its first event(s), anchor deleted: never a crash
+        with pytest.raises(LedgerTamperError, match=r"head anchor is missing.*cut back"):
+            verify_head(path, records[:cut], None)
 
 
 def test_a_deleted_ledger_with_its_anchor_left_is_tampering(tmp_path):
@@ -146,7 +154,7 @@ def test_chain_rules_beyond_editing(tmp_path):
     build(path)
     records = read_records(path)
     assert verify_chain(path, records, None) == {r.event_id for r in records if isinstance(r, CommitRecord)}
-    with pytest.raises(LedgerTamperError, match=r"l.jsonl:1: the first record is a reserve record"):
+    with pytest.raises(LedgerTamperError, match=r"l.jsonl:1: the first record is a upgrade record"):
         verify_chain(path, records[1:], None)
     generate_signing_key(tmp_path / "k")
     with pytest.raises(LedgerTamperError, match="expected a ledger signed by the trusted key, but it is unsigned"):
@@ -156,17 +164,19 @@ def test_chain_rules_beyond_editing(tmp_path):
 def test_a_commit_of_an_event_never_reserved_is_tampering(tmp_path):
     path = tmp_path / "l.jsonl"
     build(path, rounds=1)
-    header, reserve, commit = read_records(path)
+    *before, commit = read_records(path)
     unsigned = commit.model_copy(update={"event_id": "never-reserved", "hash": ""})
-    forged = unsigned.model_copy(update={"hash": record_hash(unsigned)})  # a well-formed, chained forgery
-    with pytest.raises(LedgerTamperError, match=r"l.jsonl:3: commit record seq 2 .* not reserved before it"):
-        verify_chain(path, [header, reserve, forged], None)
+    forged = unsigned.model_copy(update={"hash": v2_hash(unsigned)})  # a well-formed, chained forgery
+    with pytest.raises(LedgerTamperError, match=r"l.jsonl:5: commit record seq 4 .* not reserved before it"):
+        verify_chain(path, [*before, forged], None)
 
 
 def test_records_are_named_for_messages(tmp_path):
     path = tmp_path / "l.jsonl"
     build(path, rounds=1)
-    header, reserve, commit = read_records(path)
+    header, upgrade, records, reserve, commit = read_records(path)
     assert record_name(header) == "header record seq 0"
-    assert record_name(reserve) == f"reserve record seq 1 (event {reserve.event_id}, run r, round 0)"  # type: ignore[union-attr]
-    assert record_name(commit) == f"commit record seq 2 (event {commit.event_id})"  # type: ignore[union-attr]
+    assert record_name(upgrade) == "upgrade record seq 1"
+    assert record_name(records) == f"record set seq 2 (10000 records, {DATA.fingerprint[:12]})"
+    assert record_name(reserve) == f"reserve record seq 3 (event {reserve.event_id}, run r, round 0)"  # type: ignore[union-attr]
+    assert record_name(commit) == f"commit record seq 4 (event {commit.event_id})"  # type: ignore[union-attr]

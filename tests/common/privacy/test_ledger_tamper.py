@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from common.errors import LedgerCorruptError, LedgerTamperError
+from common.privacy.chain import v1_hash, v2_hash
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger
-from common.privacy.records import RECORD_ADAPTER, encode_record, record_hash
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.records import RECORD_ADAPTER, encode_record
 from common.privacy.signing import generate_signing_key, load_signing_key
 from common.privacy.storage import head_path, read_unverified
+from tests.helpers import synthetic_dataset
 
-DATA = DatasetRef(fingerprint="c" * 64, dataset_id="d.jsonl", num_examples=10_000)
+DATA = synthetic_dataset("d.jsonl", 10_000, tag="c")
 
 
 def build(path: Path, rounds: int = 3, key=None) -> list[str]:
+    """Lines: header, upgrade, record set, then (reserve, commit) per round: reserves at 3, 5, 7, commits at 4, 6, 8."""
     ledger = PrivacyLedger(path, signing_key=key)
     event = DpSgdEvent(noise_multiplier=1.0, sample_rate=0.02, steps=50, max_grad_norm=1.0)
     for rnd in range(rounds):  # the RDP accountant keeps these structural tests fast
@@ -36,7 +39,8 @@ def rehash(line: str, **changes) -> str:
     """What a forger who knows the format does: change fields and recompute the record's own hash."""
     payload = {**json.loads(line), **changes}
     record = RECORD_ADAPTER.validate_python(payload)
-    record = record.model_copy(update={"hash": record_hash(record)})
+    rule = v1_hash if record.type == "header" else v2_hash  # every record after the header is an upgraded one
+    record = record.model_copy(update={"hash": rule(record)})
     return encode_record(record)
 
 
@@ -49,35 +53,35 @@ def tamper_error(path: Path, key=None) -> str:
 def test_intact_ledger_verifies(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path)
-    assert len(lines) == 7  # header + 3 x (reserve, commit)
-    assert len(PrivacyLedger(path).snapshot().records) == 7
+    assert len(lines) == 9  # header, upgrade, record set + 3 x (reserve, commit)
+    assert len(PrivacyLedger(path).snapshot().records) == 9
 
 
 def test_edited_event(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path)
-    lines[3] = lines[3].replace('"steps":50', '"steps":5')  # seq 3 is the second reserve
+    lines[5] = lines[5].replace('"steps":50', '"steps":5')  # seq 5 is the second reserve
     write(path, lines)
     message = tamper_error(path)
-    assert "l.jsonl:4:" in message and "reserve record seq 3" in message and "was edited" in message
+    assert "l.jsonl:6:" in message and "reserve record seq 5" in message and "was edited" in message
 
 
 def test_edited_event_with_recomputed_hash(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path)
-    lines[3] = rehash(lines[3], steps=5)
+    lines[5] = rehash(lines[5], steps=5)
     write(path, lines)
     message = tamper_error(path)
-    assert "l.jsonl:5:" in message and "does not chain to the record before it" in message
+    assert "l.jsonl:7:" in message and "does not chain to the record before it" in message
 
 
 def test_deleted_event_in_the_middle(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path)
-    del lines[3]
+    del lines[5]
     write(path, lines)
     message = tamper_error(path)
-    assert "event(s) seq 3 were deleted" in message
+    assert "event(s) seq 5 were deleted" in message
 
 
 def test_deleted_events_at_the_end(tmp_path):
@@ -85,32 +89,32 @@ def test_deleted_events_at_the_end(tmp_path):
     lines = build(path)
     write(path, lines[:-2])
     message = tamper_error(path)
-    assert "event(s) seq 5..6 were deleted from the end" in message
+    assert "event(s) seq 7..8 were deleted from the end" in message
 
 
 def test_reordered_events(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path)
-    lines[3], lines[5] = lines[5], lines[3]
+    lines[5], lines[7] = lines[7], lines[5]
     write(path, lines)
     message = tamper_error(path)
-    assert "l.jsonl:4:" in message and "seq 5" in message and "deleted" in message
+    assert "l.jsonl:6:" in message and "seq 7" in message and "deleted" in message
 
 
 def test_inserted_event(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path)
-    forged = rehash(lines[3], event_id="forged", seq=3)
-    lines.insert(3, forged)
+    forged = rehash(lines[5], event_id="forged", seq=5)
+    lines.insert(5, forged)
     write(path, lines)
     message = tamper_error(path)
-    assert "l.jsonl:5:" in message and "inserted or reordered" in message
+    assert "l.jsonl:7:" in message and "inserted or reordered" in message
 
 
 def test_duplicated_event(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path, rounds=2)
-    copy = rehash(lines[1], seq=5, prev_hash=json.loads(lines[4])["hash"])
+    copy = rehash(lines[3], seq=7, prev_hash=json.loads(lines[6])["hash"])
     write(path, [*lines, copy])
     assert "repeats an event id" in tamper_error(path)
 
@@ -127,7 +131,7 @@ def test_truncated_last_line_is_reported(tmp_path):
     build(path)
     data = path.read_bytes()
     path.write_bytes(data[:-25])
-    with pytest.raises(LedgerCorruptError, match=r"l.jsonl:7: truncated last line"):
+    with pytest.raises(LedgerCorruptError, match=r"l.jsonl:9: truncated last line"):
         PrivacyLedger(path).snapshot()
     with pytest.raises(LedgerCorruptError, match="truncated"):
         read_unverified(path)
@@ -149,7 +153,7 @@ def test_signed_ledger_detects_forged_hashes(tmp_path):
     path = tmp_path / "l.jsonl"
     lines = build(path, key=key)
     PrivacyLedger(path, trusted_public_key=key.public_key()).snapshot()
-    # A forger rewrites the whole chain from seq 3 with correct hashes, but cannot sign.
+    # A forger rewrites the whole chain from seq 3 (the first reserve) with correct hashes, but cannot sign.
     forged = lines[:3]
     for line in lines[3:]:
         forged.append(

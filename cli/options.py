@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from common.data.spec import DataSpec
+from common.data.spec import DataSpec, utf8_problem
 from common.errors import ConfigError
 from common.parsing import parse_settings
 from common.privacy.budget import BudgetSettings, parse_limit
@@ -112,6 +112,18 @@ SigningKeyOpt = Annotated[
     Path | None,
     typer.Option("--signing-key", help="Ed25519 key (from `fedtune ledger-key`) that signs every ledger record."),
 ]
+
+
+def require_utf8(options: dict[str, str | Path | None]) -> None:
+    """Refuse option values (texts or paths) that are not valid UTF-8; ``options`` maps the flag to its value.
+
+    For options whose value ends up in a record or a file (a data path is the dataset's id in the ledger): Python
+    keeps undecodable command-line bytes as lone surrogates, which fail only when that record is written or hashed.
+    """
+    for flag, value in options.items():
+        problem = None if value is None else utf8_problem(str(value))
+        if problem is not None:
+            raise ConfigError(f"option {flag!r}: {problem} (got {str(value)!r})")
 
 
 def split_list(value: str | None) -> tuple[str, ...] | None:

@@ -13,8 +13,7 @@ from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON
-from common.training.config import DEFAULT_DELTA, PrivacySettings, TrainConfig
-from common.training.job import TrainJob
+from common.training.config import DEFAULT_DELTA, PrivacySettings, TrainConfig, TrainJob
 
 # Option defaults come from the settings models, so the CLI and the library cannot disagree.
 _TRAIN = TrainConfig()
@@ -106,6 +105,7 @@ def train(
     """
     from common.training.job import run_train_job
 
+    opt.require_utf8({"--data": data, "--eval-data": eval_data, "--ledger": ledger})
     job = parse_settings(
         TrainJob,
         {

@@ -1,4 +1,4 @@
-"""Crash-safe file writes.
+"""Crash-safe file writes, and a probe that a directory can take them.
 
 Write a temporary file beside the target, fsync it, rename it over the target, fsync the directory. A reader (or a
 process restarted after a crash) sees either the old content or the new, never a
@@ -7,6 +7,7 @@ mix, and a completed write survives power loss.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -58,3 +59,38 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def probe_writable_directory(directory: Path) -> list[Path]:
+    """Create ``directory`` (and missing parents) if needed and prove a file can be created and removed in it.
+
+    Returns the directories this call created, outermost first, so that a caller who gives up can remove them
+    again (:func:`remove_created_directories`). Raises the ``OSError`` of the step that failed (e.g.
+    ``NotADirectoryError`` for a path under a regular file, ``PermissionError``, ``OSError(EROFS)``); a path that
+    exists but is not a directory is ``NotADirectoryError`` too. Only trying tells: ``os.access`` says yes to root
+    everywhere, and nothing short of creating a file finds a read-only mount or ``/proc``.
+    """
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    created: list[Path] = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+        if not directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
+        fd, probe = tempfile.mkstemp(prefix=".fedtune-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except BaseException:
+        remove_created_directories(created)
+        raise
+    return created
+
+
+def remove_created_directories(created: list[Path]) -> None:
+    """Remove directories listed by :func:`probe_writable_directory`, innermost first, if they are still empty."""
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (someone wrote there) or already gone: leave it and everything above it

@@ -3,6 +3,10 @@
 Every rule broken raises :class:`~common.errors.DataValidationError` naming the file, the line (1-based, as an
 editor shows it) and the rule, so a data owner can fix the file from the message alone. The whole file is read and
 checked before a dataset is returned: a caller never sees a partially read file.
+
+The file is opened once, only if it is a regular file, and read line by line with each line bounded by
+``DataSpec.max_line_bytes`` (:mod:`common.data.files`): a device, a FIFO, ``/proc/self/mem`` or a file without
+newlines is one error, never a hang, a traceback or a full memory.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from common.data.dataset import LabeledTexts
+from common.data.files import FileAccessError, bounded_lines, open_regular_file, read_bounded
 from common.data.spec import DataFormat, DataSpec
 from common.errors import DataValidationError
 
@@ -28,6 +36,8 @@ _SUFFIX_FORMATS: dict[str, DataFormat] = {
 }
 _INT_LABEL = re.compile(r"[+-]?\d+")
 LABELS_SIDECAR = "labels.json"
+#: A label list is small; a larger ``labels.json`` is a wrong or corrupt file, refused without reading it all.
+MAX_SIDECAR_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,17 +58,17 @@ def read_labeled_file(
     spec = spec or DataSpec()
     path = Path(path)
     where = str(path)
-    if not path.is_file():
-        raise DataValidationError("no such file (or it is not a regular file)", path=where)
-    raw = path.read_bytes()
-    text = _decode(raw, where, spec.max_line_bytes)
-    if not text.strip():
-        raise DataValidationError("the file is empty: it holds no records", path=where)
-    data_format = _detect_format(path, spec.format)
-    if data_format == "jsonl":
-        records = _parse_jsonl(text, where, spec)
-    else:
-        records = _parse_delimited(text, where, spec, delimiter="\t" if data_format == "tsv" else ",")
+    try:
+        with open_regular_file(path) as handle:
+            data_format = _detect_format(path, spec.format)
+            lines = _from_first_content(_decoded_lines(handle, where, spec.max_line_bytes), where)
+            if data_format == "jsonl":
+                records = _parse_jsonl(lines, where, spec)
+            else:
+                delimiter = "\t" if data_format == "tsv" else ","
+                records = _parse_delimited(lines, where, spec, delimiter=delimiter)
+    except FileAccessError as exc:
+        raise DataValidationError(exc.reason, path=where, line=exc.line) from None
     if not records:
         raise DataValidationError("the file holds a header but no records", path=where)
     declared = label_names if label_names is not None else spec.labels
@@ -68,25 +78,34 @@ def read_labeled_file(
     return LabeledTexts(texts=tuple(r.text for r in records), labels=labels, label_names=names, source=where)
 
 
-def _decode(raw: bytes, where: str, max_line_bytes: int) -> str:
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        if len(line) > max_line_bytes:
+def _decoded_lines(handle: BinaryIO, where: str, max_line_bytes: int) -> Iterator[str]:
+    """The file's lines as text (line endings kept), a UTF-8 byte order mark at the start dropped.
+
+    Decoding line by line is exact for UTF-8: the newline byte never occurs inside a multi-byte character.
+    """
+    offset = 0
+    for number, raw in enumerate(bounded_lines(handle, max_line_bytes=max_line_bytes), start=1):
+        start = len(codecs.BOM_UTF8) if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+        try:
+            yield raw[start:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = start + exc.start
             raise DataValidationError(
-                f"line is {len(line):,} bytes long, over the limit of {max_line_bytes:,} bytes "
-                "(a corrupt or non-text file?)",
+                f"bytes are not valid UTF-8 (byte 0x{raw[bad]:02x} at offset {offset + bad}); save the file as UTF-8",
                 path=where,
                 line=number,
-            )
-    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return raw[bom:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = bom + exc.start
-        raise DataValidationError(
-            f"bytes are not valid UTF-8 (byte 0x{raw[offset]:02x} at offset {offset}); save the file as UTF-8",
-            path=where,
-            line=raw.count(b"\n", 0, offset) + 1,
-        ) from None
+            ) from None
+        offset += len(raw)
+
+
+def _from_first_content(lines: Iterator[str], where: str) -> Iterator[str]:
+    """``lines`` unchanged, once it is known that one of them is not blank (else: the file is empty)."""
+    blank: list[str] = []
+    for line in lines:
+        blank.append(line)
+        if line.strip():
+            return itertools.chain(blank, lines)
+    raise DataValidationError("the file is empty: it holds no records", path=where)
 
 
 def _detect_format(path: Path, requested: DataFormat) -> DataFormat:
@@ -102,6 +121,16 @@ def _detect_format(path: Path, requested: DataFormat) -> DataFormat:
     return detected
 
 
+def _check_unicode(value: str, what: str, where: str, line: int | None) -> None:
+    # A JSON escape such as "\\udcff" decodes to a lone surrogate: a str that no UTF-8 file, hash or record can hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataValidationError(
+            f"{what} holds {value[exc.start]!r}, a lone surrogate that is not valid Unicode text", path=where, line=line
+        ) from None
+
+
 def _checked_text(value: object, line: int, where: str, spec: DataSpec) -> str:
     if not isinstance(value, str):
         raise DataValidationError(
@@ -111,20 +140,23 @@ def _checked_text(value: object, line: int, where: str, spec: DataSpec) -> str:
         )
     if not value.strip():
         raise DataValidationError(f"column {spec.text_column!r} is empty", path=where, line=line)
+    _check_unicode(value, f"column {spec.text_column!r}", where, line)
     if len(value.encode()) > spec.max_line_bytes:
         raise DataValidationError(f"text is over the limit of {spec.max_line_bytes:,} bytes", path=where, line=line)
     return value
 
 
-def _parse_jsonl(text: str, where: str, spec: DataSpec) -> list[_RawRecord]:
+def _parse_jsonl(lines: Iterable[str], where: str, spec: DataSpec) -> list[_RawRecord]:
     records = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataValidationError(f"not valid JSON: {exc.msg}", path=where, line=number) from None
+        except RecursionError:
+            raise DataValidationError("not valid JSON: nested too deeply", path=where, line=number) from None
         if not isinstance(obj, dict):
             raise DataValidationError(
                 f"each line must be a JSON object; got {type(obj).__name__}", path=where, line=number
@@ -139,13 +171,25 @@ def _parse_jsonl(text: str, where: str, spec: DataSpec) -> list[_RawRecord]:
             raise DataValidationError(
                 f"label must be a name (string) or an index (integer); got {label!r}", path=where, line=number
             )
+        if isinstance(label, str):
+            _check_unicode(label, f"column {spec.label_column!r}", where, number)
         records.append(_RawRecord(number, _checked_text(obj[spec.text_column], number, where, spec), label))
     return records
 
 
-def _parse_delimited(text: str, where: str, spec: DataSpec, *, delimiter: str) -> list[_RawRecord]:
-    # TSV files (e.g. GLUE) do not quote fields, and their texts contain bare quotes: read them literally.
-    stream = io.StringIO(text, newline="")
+def _universal_lines(lines: Iterable[str]) -> Iterator[str]:
+    """``lines`` split at a lone carriage return too, as ``open(newline="")`` splits: what the csv module expects."""
+    for line in lines:
+        if "\r" in line.rstrip("\r\n"):
+            yield from io.StringIO(line, newline="")
+        else:
+            yield line
+
+
+def _parse_delimited(lines: Iterable[str], where: str, spec: DataSpec, *, delimiter: str) -> list[_RawRecord]:
+    # TSV files (e.g. GLUE) do not quote fields, and their texts contain bare quotes: read them literally. A quoted
+    # CSV field may span lines: the reader pulls as many (each bounded) as the record needs.
+    stream = _universal_lines(lines)
     if delimiter == "\t":
         reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_NONE, strict=True)
     else:
@@ -185,11 +229,13 @@ def _parse_delimited(text: str, where: str, spec: DataSpec, *, delimiter: str) -
 
 def _read_sidecar_labels(path: Path) -> tuple[str, ...] | None:
     sidecar = path.parent / LABELS_SIDECAR
-    if not sidecar.is_file():
+    if not sidecar.exists():
         return None
     try:
-        names = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        names = json.loads(read_bounded(sidecar, max_bytes=MAX_SIDECAR_BYTES).decode("utf-8"))
+    except FileAccessError as exc:
+        raise DataValidationError(exc.reason, path=str(sidecar)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DataValidationError(f"not a JSON list of label names: {exc}", path=str(sidecar)) from None
     if (
         not isinstance(names, list)
@@ -200,6 +246,8 @@ def _read_sidecar_labels(path: Path) -> tuple[str, ...] | None:
         raise DataValidationError(
             f"must be a JSON list of at least 2 distinct, non-empty label names; got {names!r}", path=str(sidecar)
         )
+    for name in names:
+        _check_unicode(name, "a label name", str(sidecar), None)
     return tuple(names)
 
 

@@ -25,8 +25,8 @@ class LoraSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     r: int = Field(default=8, ge=1, le=1024)
-    alpha: float = Field(default=16.0, gt=0)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    alpha: float = Field(default=16.0, gt=0, allow_inf_nan=False)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
     target_modules: tuple[str, ...] | None = None
     ffa: bool = False
 

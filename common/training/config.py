@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.data.spec import DataSpec
+from common.data.spec import DataSpec, utf8_problem
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.model.pooling import Pooling
@@ -31,24 +31,29 @@ class PrivacySettings(BaseModel):
     enabled: bool = True
     target_epsilon: float | None = None
     noise_multiplier: float | None = None
-    delta: float = Field(default=DEFAULT_DELTA, gt=0.0, lt=1.0)
-    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    delta: float = Field(default=DEFAULT_DELTA, gt=0.0, lt=1.0, allow_inf_nan=False)
+    max_grad_norm: float = 1.0
     accountant: AccountantName = "prv"
+
+    # Checked per field (not in the model validator) so that an error names the setting, e.g. '--epsilon'.
+    @field_validator("target_epsilon", "noise_multiplier")
+    @classmethod
+    def _finite_positive(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a finite number > 0")
+        return value
+
+    @field_validator("max_grad_norm")
+    @classmethod
+    def _finite_clip(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a finite number > 0 (an infinite clip voids the privacy guarantee)")
+        return value
 
     @model_validator(mode="after")
     def _one_way_to_set_noise(self) -> PrivacySettings:
-        if not self.enabled:
-            return self
-        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+        if self.enabled and (self.target_epsilon is None) == (self.noise_multiplier is None):
             raise ValueError("give exactly one of a target epsilon or a noise multiplier")
-        if self.target_epsilon is not None and not (math.isfinite(self.target_epsilon) and self.target_epsilon > 0):
-            raise ValueError(f"target epsilon must be a finite number > 0; got {self.target_epsilon}")
-        if self.noise_multiplier is not None and not (
-            math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0
-        ):
-            raise ValueError(f"noise multiplier must be a finite number > 0; got {self.noise_multiplier}")
-        if not math.isfinite(self.max_grad_norm):
-            raise ValueError("max grad norm must be finite: an infinite clip voids the privacy guarantee")
         return self
 
 
@@ -85,7 +90,16 @@ class TrainJob(BaseModel):
     lora: LoraSettings = LoraSettings()
     training: TrainConfig = TrainConfig()
     privacy: PrivacySettings = PrivacySettings(target_epsilon=DEFAULT_TARGET_EPSILON)
-    eval_fraction: float = Field(default=DEFAULT_EVAL_FRACTION, gt=0.0, lt=1.0)
+    eval_fraction: float = Field(default=DEFAULT_EVAL_FRACTION, gt=0.0, lt=1.0, allow_inf_nan=False)
     split_seed: int = 0
     seed: int | None = None  # initialisation, sampling and noise; None: fresh OS entropy (noise cannot be replayed)
     device: DeviceChoice = "auto"
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _utf8_model(cls, value: Any) -> Any:
+        # The model's name is written into summary.json and the adapter's config: it must be text.
+        problem = utf8_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value

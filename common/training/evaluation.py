@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from common.errors import ModelError
 from common.training.batches import TokenizedTexts
 
 if TYPE_CHECKING:
@@ -44,7 +45,12 @@ def predict_proba(model: nn.Module, data: TokenizedTexts, *, batch_size: int, de
     try:
         for start in range(0, len(data), batch_size):
             inputs, _ = data.batch(range(start, min(start + batch_size, len(data))), device)
-            chunks.append(torch.softmax(model(**inputs).logits.float(), dim=-1).cpu())
+            logits = model(**inputs).logits.float()
+            if not torch.isfinite(logits).all():
+                raise ModelError(
+                    "the model's outputs are not finite numbers: training diverged (lower the learning rate)"
+                )
+            chunks.append(torch.softmax(logits, dim=-1).cpu())
     finally:
         model.train(was_training)
     proba = torch.cat(chunks).numpy().astype(np.float64)

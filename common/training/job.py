@@ -1,8 +1,9 @@
 """One local fine-tuning job, from data files to a saved adapter and summary (what ``fedtune train`` runs).
 
-Order matters and is part of the contract: every input (data, labels, sizes, privacy parameters, model, output
-directory) is validated and the noise level calibrated BEFORE the model is trained or anything is written, so bad
-input costs no privacy budget and leaves no partial output.
+Order matters and is part of the contract: every input (output directory, ledger location, signing key, data,
+labels, sizes, privacy parameters, model and the model's fit to the inputs) is validated and the noise level
+calibrated BEFORE the budget is reserved, so bad input costs no privacy budget and leaves no partial output: what
+can still fail after the reservation is only what no check can foresee (the machine, or training diverging).
 """
 
 from __future__ import annotations
@@ -17,19 +18,25 @@ from typing import Any
 
 from common import __version__
 from common.data.dataset import LabeledTexts
+from common.data.dedupe import deduplicate
 from common.data.readers import read_labeled_file
 from common.data.sample import sample_dataset
 from common.data.split import train_eval_split
-from common.errors import ConfigError
-from common.fileio import atomic_write_json
+from common.fileio import atomic_write_json, remove_created_directories
 from common.privacy.accountant import get_accountant
 from common.privacy.budget import BudgetSettings
 from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, Reservation
+from common.privacy.ledger import Reservation
 from common.training.batches import StepPlan, plan_steps
 from common.training.config import TrainJob
 from common.training.evaluation import EvalMetrics
+from common.training.preflight import (
+    check_ledger_location,
+    check_model_takes,
+    check_output_dir,
+    check_signing_key_file,
+)
 from common.training.progress import ProgressCallback
 from common.training.trainer import DpSgdParams, TrainOutcome
 
@@ -39,11 +46,21 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Training and evaluation sets, and the fingerprint of the whole source the training set came from."""
+    """The training and evaluation sets, and the whole file the training set came from (as read).
+
+    ``train`` holds distinct records only (``duplicates`` were dropped, see :mod:`common.data.dedupe`): DP-SGD's
+    guarantee, and the ledger's per-record accounting, are per record.
+    """
 
     train: LabeledTexts
     eval: LabeledTexts
-    source_fingerprint: str
+    source: LabeledTexts
+    duplicates: int
+
+    @property
+    def source_fingerprint(self) -> str:
+        """The v1 content fingerprint of the whole source file (reported; legacy ledgers were keyed by it)."""
+        return self.source.fingerprint
 
 
 @dataclass(frozen=True)
@@ -74,15 +91,16 @@ class JobResult:
 def prepare_data(job: TrainJob, train_path: Path | None, eval_path: Path | None) -> PreparedData:
     """Read and validate the data (the built-in sample when ``train_path`` is None); split off eval if needed.
 
-    The source fingerprint covers the whole training *file*, not the train split: privacy is charged to the data a
-    site owns, so a different split seed can never look like a fresh dataset.
+    Duplicate texts are dropped before the split. The ledger is charged for exactly the records trained on (the
+    train split), per record: another split seed trains other records, and each is charged when it is trained.
     """
     source = read_labeled_file(train_path, job.data) if train_path is not None else sample_dataset()
+    distinct, duplicates = deduplicate(source)
     if eval_path is not None:
         evaluation = read_labeled_file(eval_path, job.data, label_names=source.label_names)
-        return PreparedData(train=source, eval=evaluation, source_fingerprint=source.fingerprint)
-    train, evaluation = train_eval_split(source, eval_fraction=job.eval_fraction, seed=job.split_seed)
-    return PreparedData(train=train, eval=evaluation, source_fingerprint=source.fingerprint)
+        return PreparedData(train=distinct, eval=evaluation, source=source, duplicates=duplicates)
+    train, evaluation = train_eval_split(distinct, eval_fraction=job.eval_fraction, seed=job.split_seed)
+    return PreparedData(train=train, eval=evaluation, source=source, duplicates=duplicates)
 
 
 def plan_privacy(job: TrainJob, num_examples: int, source: str) -> PrivacyPlan:
@@ -123,12 +141,6 @@ def plan_privacy(job: TrainJob, num_examples: int, source: str) -> PrivacyPlan:
     )
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Refuse to overwrite earlier results: the output directory must be new or empty."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(f"{out_dir}: output directory exists and is not empty; choose a new --out")
-
-
 def run_train_job(
     job: TrainJob,
     *,
@@ -141,10 +153,28 @@ def run_train_job(
 ) -> JobResult:
     """Validate, plan, reserve budget, train, commit, evaluate, and write ``out_dir/adapter`` and ``summary.json``.
 
-    Everything that can be checked (data, options, model, output directory) is checked before the budget is
-    reserved; the reservation is durable before the first training step and committed before the adapter is
-    written. ``on_plan(prepared, plan, reservation)`` is called just before training starts.
+    Everything that can be checked (output directory, ledger location, signing key, data, options, model) is
+    checked before the budget is reserved; the reservation is durable before the first training step and committed
+    before the adapter is written. ``on_plan(prepared, plan, reservation)`` is called just before training starts.
+    An output directory this call created is removed again if the job fails before writing into it.
     """
+    created = check_output_dir(out_dir)
+    try:
+        return _run(job, train_path, eval_path, out_dir, budget, progress, on_plan)
+    except BaseException:
+        remove_created_directories(created)
+        raise
+
+
+def _run(
+    job: TrainJob,
+    train_path: Path | None,
+    eval_path: Path | None,
+    out_dir: Path,
+    budget: BudgetSettings,
+    progress: ProgressCallback | None,
+    on_plan: Callable[[PreparedData, PrivacyPlan, Reservation], None] | None,
+) -> JobResult:
     import torch
 
     from common.model.adapter import save_adapter
@@ -155,11 +185,12 @@ def run_train_job(
     from common.training.evaluation import evaluate
     from common.training.trainer import train_adapter
 
-    check_output_dir(out_dir)
+    check_ledger_location(budget.ledger)
+    check_signing_key_file(budget.signing_key)
+    ledger = budget.open_ledger()
     prepared = prepare_data(job, train_path, eval_path)
     plan = plan_privacy(job, len(prepared.train), prepared.train.source)
     device = resolve_device(job.device)
-    ledger = budget.open_ledger()
     ref = resolve_base_model(job.model)
     tokenizer = load_tokenizer(ref)
     if job.seed is not None:
@@ -167,11 +198,12 @@ def run_train_job(
     model = apply_lora(load_base_classifier(ref, prepared.train.label_names, pooling=job.pooling), job.lora)
     train_data = TokenizedTexts(prepared.train, tokenizer, max_length=job.training.max_length)
     eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=job.training.max_length)
+    check_model_takes(model, (train_data, eval_data), max_length=job.training.max_length, private=plan.dp is not None)
 
-    dataset = DatasetRef(
-        fingerprint=prepared.source_fingerprint,
-        dataset_id=str(train_path) if train_path is not None else prepared.train.source.split(" (")[0],
-        num_examples=len(prepared.train),
+    dataset = ledger.dataset(
+        prepared.train.texts,
+        dataset_id=str(train_path) if train_path is not None else prepared.source.source,
+        source=(prepared.source.fingerprint, prepared.source.texts),
     )
     reservation = ledger.reserve(
         dataset=dataset,
@@ -250,6 +282,7 @@ def _summary(
         "labels": list(prepared.train.label_names),
         "data": {
             "source_fingerprint": prepared.source_fingerprint,
+            "duplicates_dropped": prepared.duplicates,
             "train": _dataset_entry(prepared.train),
             "eval": _dataset_entry(prepared.eval),
         },
@@ -268,6 +301,8 @@ def _summary(
                 "path": str(budget.ledger),
                 "event_id": reservation.event_id,
                 "dataset_fingerprint": reservation.record.dataset_fingerprint,
+                "record_set": reservation.record.record_set,
+                # Per record: the most exposed trained record's epsilon, composed over every event on it.
                 "dataset_epsilon_before": _finite(reservation.epsilon_before),
                 "dataset_epsilon_after": _finite(spent),
                 "limit": limit,

@@ -8,16 +8,7 @@ import sys
 
 import pytest
 
-from cli.app import main
-from tests.helpers import write_jsonl
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from tests.helpers import run_cli, write_jsonl
 
 
 def test_train_end_to_end_on_sample_data(tiny_model_dir, tmp_path, capsys):

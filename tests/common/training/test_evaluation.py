@@ -29,3 +29,20 @@ def test_multiclass_one_vs_rest_and_single_class():
     single = classification_metrics(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]))
     assert single.roc_auc is None
     assert single.to_dict()["accuracy"] == 0.5
+
+
+def test_a_diverged_model_is_a_clear_error_not_a_metrics_traceback(tiny_ref, tiny_tokenizer):
+    import torch
+
+    from common.data.sample import sample_dataset
+    from common.errors import ModelError
+    from common.model.loading import load_base_classifier
+    from common.training.batches import TokenizedTexts
+    from common.training.evaluation import evaluate
+
+    model = load_base_classifier(tiny_ref, ("negative", "positive"))
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    data = TokenizedTexts(sample_dataset(8, seed=1), tiny_tokenizer, max_length=16)
+    with pytest.raises(ModelError, match="training diverged"):
+        evaluate(model, data, batch_size=4, device=torch.device("cpu"))

@@ -29,18 +29,38 @@ def start(
     ] = None,
     max_epsilon: opt.MaxEpsilonOpt = str(DEFAULT_MAX_EPSILON),
     delta: opt.DeltaOpt = DEFAULT_DELTA,
-    site_name: Annotated[str, typer.Option("--site-name", help="Name in the server's reports.")] = "site",
+    site_name: Annotated[
+        str, typer.Option("--site-name", help="This site's name in its own logs (the server names sites by enrolment).")
+    ] = "site",
+    release_metrics: Annotated[
+        str,
+        typer.Option(
+            "--release-metrics",
+            help="Held-out metrics to release to the server, comma-separated from accuracy, macro-f1, loss "
+            "(NOT differentially private; default: none, and no data is held out).",
+        ),
+    ] = "",
     evaluate: Annotated[
-        bool, typer.Option("--evaluate", help="Release held-out metrics to the server (NOT differentially private).")
+        bool, typer.Option("--evaluate", help="Older spelling of --release-metrics accuracy,macro-f1,loss.")
     ] = False,
     text_column: opt.TextColumnOpt = "text",
     label_column: opt.LabelColumnOpt = "label",
+    labels: opt.LabelsOpt = None,
     signing_key: opt.SigningKeyOpt = None,
     device: opt.DeviceOpt = "auto",
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext, no authentication. Never for real data.")
     ] = False,
-    port: Annotated[int, typer.Option("--port", help="Local port of this SuperNode's runtime API.")] = 9094,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Local port of this SuperNode's runtime API (on 127.0.0.1; each site on a host needs its own). "
+            "0 picks a free port and prints it.",
+        ),
+    ] = 9094,
     max_retries: Annotated[int, typer.Option("--max-retries", help="Reconnection attempts before giving up.")] = 10,
     threads: Annotated[
         int | None,
@@ -59,12 +79,13 @@ def start(
         ),
     ] = None,
 ) -> None:
-    """Join a federation as one site. The data path, ledger, epsilon limit and delta are this site's alone.
+    """Join a federation as one site. The data path, ledger, epsilon limit, delta and labels are this site's alone.
 
     Refuses to start, before connecting, if the data fails validation, the ledger is corrupt or already exhausted,
-    or the SuperLink's certificate does not verify against --ca.
+    the local runtime port is taken, or the SuperLink's certificate does not verify against --ca. Ctrl-C or SIGTERM
+    stops the site within 5 s (exit code 130), leaving no Flower process behind.
     """
-    from client.deploy import ClientLaunch, preflight, run_supernode
+    from client.deploy import ClientLaunch, pick_runtime_port, preflight, run_supernode
     from common.federation.site import SiteSettings
 
     site = parse_settings(
@@ -78,13 +99,18 @@ def start(
             "signing_key": signing_key.resolve() if signing_key else None,
             "text_column": text_column,
             "label_column": label_column,
-            "evaluate": evaluate,
+            "labels": labels,  # the site's own label set: a run whose labels differ is refused
+            "release_metrics": release_metrics,
+            **({"evaluate": True} if evaluate else {}),
             "device": device,
         },
         context="option",
     )
     if insecure:
         err_console_warning("--insecure: traffic is NOT encrypted and the server is NOT authenticated.")
+    if port == 0:
+        port = pick_runtime_port()
+        console.print(f"runtime port: {port} (picked for --port 0)")
     launch = ClientLaunch(
         superlink=superlink,
         ca=ca.resolve() if ca else None,

@@ -9,12 +9,18 @@
 
 The SuperNode then runs in the foreground with TLS and node authentication (plaintext only with an explicit
 ``insecure``). The site's settings travel as node config; no run config from the server can change them.
+
+Its local runtime API port is checked before it starts (a busy port is one error naming ``--port``). Ctrl-C or
+SIGTERM stops the SuperNode and every process it started (SuperExec, ClientApps) within :data:`STOP_GRACE` +
+:data:`KILL_WAIT` seconds, so the command ends within 5 s and leaves nothing running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,16 +32,36 @@ import tomli_w
 from common.certs.checks import check_ca, probe_tls
 from common.certs.node_keys import load_node_private_key
 from common.data.readers import read_labeled_file
-from common.data.spec import DataSpec
 from common.errors import BudgetExhaustedError, ConfigError, FederationError
 from common.federation.site import SiteSettings
-from common.privacy.ledger import DatasetRef
-from common.processes import ProcessIdentity, flower_environment, flower_executable, sigterm_as_interrupt, stop
+from common.polling import wait_until
+from common.processes import (
+    ProcessIdentity,
+    ProcessTree,
+    flower_environment,
+    flower_executable,
+    interrupts_ignored,
+    sigterm_as_interrupt,
+)
+from common.training.preflight import check_ledger_location, check_signing_key_file
 
 log = logging.getLogger(__name__)
 
 #: What flower-supernode prints when the SuperLink did not let it join (Flower docs: ref-exit-codes/305).
 NOT_ACTIVATED_MARKERS = ("Exit Code: 305", "Failed to activate SuperNode")
+#: What flower-supernode prints (asyncio, via uvicorn) when its runtime API cannot bind its port.
+BIND_FAILED_MARKER = "error while attempting to bind on address"
+#: The interface of the SuperNode's runtime API, passed as its --host (Flower's default too): the API serves this
+#: host's SuperExec and ClientApps only and must not be reachable from other machines.
+RUNTIME_HOST = "127.0.0.1"
+#: Seconds the SuperNode and its helpers get to end after SIGTERM, then the longest wait after SIGKILL (reached only
+#: if a process survives SIGKILL). With a ClientApp running, the SuperNode does not end within 2 s of SIGTERM (Flower's
+#: exit handlers wait for its HTTP server and telemetry), and this interpreter's own exit took 1-2.5 s (torch was
+#: imported by every command): a short grace keeps `fedtune client start` within 5 s of Ctrl-C or SIGTERM.
+STOP_GRACE = 1.5
+KILL_WAIT = 1.0
+#: How often the running SuperNode is looked at: whether it has exited, and which processes it has started.
+WATCH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,22 +81,65 @@ class ClientLaunch:
 
 def preflight(site: SiteSettings, launch: ClientLaunch) -> str:
     """All checks before connecting; returns how the connection will be secured (e.g. 'TLSv1.3')."""
-    # The run's label set is not known before connecting: validate with the labels the file itself declares.
-    data = read_labeled_file(site.data_path, DataSpec(text_column=site.text_column, label_column=site.label_column))
-    dataset = DatasetRef(fingerprint=data.fingerprint, dataset_id=str(site.data_path), num_examples=len(data))
+    # Validated with the site's own label set, which every run's labels must then equal (names and order).
+    data = read_labeled_file(site.data_path, site.data_spec())
+    check_ledger_location(site.ledger_path, name="ledger-path")
+    check_signing_key_file(site.signing_key, name="signing-key")
+    ledger = site.budget.open_ledger()
+    # Every record of the file: if any of them cannot train, the site cannot join (a round would be refused).
+    dataset = ledger.dataset(data.texts, dataset_id=str(site.data_path), source=(data.fingerprint, data.texts))
     try:
-        site.budget.open_ledger().check_trainable(dataset, delta=site.delta, limit=site.max_epsilon)
+        ledger.check_trainable(dataset, delta=site.delta, limit=site.max_epsilon)
     except BudgetExhaustedError as exc:
         raise BudgetExhaustedError(f"{exc}; refusing to start") from None
+    _check_credentials(launch)
+    check_runtime_port(launch.runtime_port)
+    if launch.insecure:
+        return "plaintext (--insecure)"
+    assert launch.ca is not None
+    return probe_tls(launch.superlink, launch.ca, timeout=launch.connect_timeout)
+
+
+def _check_credentials(launch: ClientLaunch) -> None:
+    """The files TLS and node authentication need (or their absence with ``insecure``); no network yet."""
     if launch.insecure:
         if launch.key is not None:
             raise ConfigError("--key needs TLS: SuperNode authentication is not available with --insecure")
-        return "plaintext (--insecure)"
+        return
     if launch.ca is None or launch.key is None:
         raise ConfigError("TLS is on by default: pass --ca CA.pem and --key SITE.key, or --insecure")
     check_ca(launch.ca)
     load_node_private_key(launch.key)
-    return probe_tls(launch.superlink, launch.ca, timeout=launch.connect_timeout)
+
+
+def check_runtime_port(port: int) -> None:
+    """ConfigError naming ``--port`` unless the SuperNode's runtime API could bind ``port`` now.
+
+    The bind is the one flower-supernode makes (uvicorn -> asyncio ``create_server``: IPv4, SO_REUSEADDR, on
+    :data:`RUNTIME_HOST`), so a port in TIME_WAIT passes and a listening one fails, as they would for Flower. The
+    port is free when checked, not reserved: another process can take it before the SuperNode binds it. That
+    failure is recognised in the SuperNode's output and reported the same way (:func:`run_supernode`).
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((RUNTIME_HOST, port))
+    except OSError as exc:
+        raise ConfigError(_port_unavailable(port, exc.strerror or str(exc))) from None
+
+
+def pick_runtime_port() -> int:
+    """A port the OS reports free on :data:`RUNTIME_HOST` now (what ``--port 0`` uses; free, not reserved)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((RUNTIME_HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_unavailable(port: int, reason: str) -> str:
+    return (
+        f"this site's local runtime port {RUNTIME_HOST}:{port} is not available ({reason.lower()}): choose "
+        f"another with --port, e.g. --port {pick_runtime_port()}, or --port 0 to pick a free one"
+    )
 
 
 def node_config_string(site: SiteSettings) -> str:
@@ -103,6 +172,8 @@ def supernode_command(site: SiteSettings, launch: ClientLaunch) -> list[str]:
         flower_executable("flower-supernode"),
         "--superlink",
         launch.superlink,
+        "--host",
+        RUNTIME_HOST,
         "--port",
         str(launch.runtime_port),
         "--max-retries",
@@ -126,48 +197,76 @@ def supernode_environment(launch: ClientLaunch) -> dict[str, str]:
 
 
 def run_supernode(site: SiteSettings, launch: ClientLaunch) -> int:
-    """Run the SuperNode in the foreground until it exits (Ctrl-C or SIGTERM stops it and its ClientApps).
+    """Run the SuperNode in the foreground until it exits; 130 after Ctrl-C or SIGTERM, 0 after a clean end.
 
-    Its output is passed through; Flower exits with status 1 for every error, so the refusal of an unenrolled key
-    is recognised from the exit code Flower prints (305, "Failed to activate SuperNode").
+    Its output is passed through. Flower exits with status 1 for every error, so two failures are recognised from
+    its output: the refusal of an unenrolled key (exit code 305 printed, "Failed to activate SuperNode") and a
+    runtime port taken since :func:`check_runtime_port`. Whichever way it ends, the SuperNode and every process it
+    started are stopped (:class:`ProcessTree`) before this returns; the tree is tracked while the SuperNode runs, so
+    its helpers are found even if it dies first.
     """
-    process = subprocess.Popen(
-        supernode_command(site, launch),
-        start_new_session=True,
-        env=supernode_environment(launch),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seen: list[str] = []
-
-    def pump() -> None:  # pass the SuperNode's output through, remembering whether it was refused
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            if any(marker in line for marker in NOT_ACTIVATED_MARKERS):
-                seen.append(line)
-
-    identity = ProcessIdentity.of(process.pid)
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        with sigterm_as_interrupt():
-            code = process.wait()
-    except KeyboardInterrupt:
-        stop(identity)
+    noted: list[str] = []
+    process: subprocess.Popen[str] | None = None
+    tree: ProcessTree | None = None
+    reader: threading.Thread | None = None
+    interrupted = False
+    with sigterm_as_interrupt():  # entered before the SuperNode exists: no signal can orphan it
+        try:
+            process = subprocess.Popen(
+                supernode_command(site, launch),
+                start_new_session=True,
+                env=supernode_environment(launch),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            tree = ProcessTree(ProcessIdentity.of(process.pid))
+            reader = threading.Thread(target=_pass_through, args=(process, noted), daemon=True)
+            reader.start()
+            running = tree
+            # Looked at without reaping it: an exited SuperNode stays a zombie until the stop below, and while it
+            # does, its session still finds the helpers it left behind.
+            wait_until(
+                lambda: not (running.track() and running.identity.is_running()), timeout=None, interval=WATCH_INTERVAL
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if process is not None:
+                with interrupts_ignored():  # a second Ctrl-C or SIGTERM must not cut the stop short
+                    if tree is None:  # interrupted right after the start: the SuperNode is not reaped yet
+                        tree = ProcessTree(ProcessIdentity.of(process.pid))
+                    tree.stop(grace=STOP_GRACE, kill_wait=KILL_WAIT)
+                    with contextlib.suppress(subprocess.TimeoutExpired):  # only if it survived SIGKILL (logged)
+                        process.wait(timeout=KILL_WAIT)
+                    if reader is not None:
+                        reader.join(timeout=KILL_WAIT)  # every writer of its pipe has ended: the output is complete
+    if interrupted or process is None:
         return 130
-    finally:
-        # The SuperNode's helpers (its SuperExec) share its process group and would outlive it otherwise.
-        stop(identity, grace=2.0)
-        reader.join(timeout=5.0)
-    refused = bool(seen)
-    if code != 0 and refused:
+    return _outcome(process.returncode, noted, launch)
+
+
+def _pass_through(process: subprocess.Popen[str], noted: list[str]) -> None:
+    """Copy the SuperNode's output to ours, noting the lines that explain a failure."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if BIND_FAILED_MARKER in line or any(marker in line for marker in NOT_ACTIVATED_MARKERS):
+            noted.append(line)
+
+
+def _outcome(code: int, noted: list[str], launch: ClientLaunch) -> int:
+    """0 for a SuperNode that ended cleanly (or was terminated); otherwise the error its output explains."""
+    if code in (0, -signal.SIGTERM):
+        return 0
+    if any(BIND_FAILED_MARKER in line for line in noted):
+        # the port was free at the preflight check and taken before the SuperNode bound it
+        reason = next(line for line in noted if BIND_FAILED_MARKER in line).rsplit("): ", 1)[-1].strip()
+        raise ConfigError(_port_unavailable(launch.runtime_port, reason))
+    if noted:
         raise FederationError(
             f"the SuperLink at {launch.superlink} did not let this SuperNode join: is this site's public key "
             f"(the .pub of {launch.key}) enrolled by the server operator?"
         )
-    if code not in (0, -signal.SIGTERM):
-        raise FederationError(f"flower-supernode exited with code {code}")
-    return 0
+    raise FederationError(f"flower-supernode exited with code {code}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.data.dataset import LabeledTexts
+from common.data.dedupe import deduplicate
 from common.data.readers import read_labeled_file
 from common.data.split import train_eval_split
 from common.federation.config import FederationConfig
@@ -32,11 +33,18 @@ _MAX_CACHED_SITES = 32  # one worker process may serve many simulated sites in t
 
 @dataclass(frozen=True)
 class SiteData:
-    """A site's dataset: the training part (all of it unless it evaluates), the held-out part, the fingerprint."""
+    """A site's data: the file as read, the part it trains on, and the part it holds out.
 
+    ``train`` is every distinct record (duplicates dropped, see :mod:`common.data.dedupe`) unless the site releases
+    held-out metrics, in which case a seeded split of them is held out as ``eval``. The file is read with the
+    site's own label set (:meth:`SiteSettings.data_spec`), so ``source.label_names`` IS that set: a server's labels
+    never decide what the site's records mean.
+    """
+
+    source: LabeledTexts
     train: TokenizedTexts
     eval: TokenizedTexts | None
-    fingerprint: str
+    duplicates: int
     dataset_id: str
 
 
@@ -50,6 +58,7 @@ class SiteModel:
 
 
 _models: dict[tuple[object, ...], SiteModel] = {}
+_sources: dict[tuple[object, ...], LabeledTexts] = {}
 _data: dict[tuple[object, ...], SiteData] = {}
 
 
@@ -65,33 +74,61 @@ def site_model(config: FederationConfig) -> SiteModel:
         return _models[key]
 
 
+def site_source(site: SiteSettings) -> LabeledTexts:
+    """The site's data file, read and validated with the site's own label set (re-read when the file changes)."""
+    path = Path(site.data_path)
+    key = (str(path), _file_state(path), site.data_spec().model_dump_json())
+    with _lock:
+        if key not in _sources:
+            if len(_sources) >= _MAX_CACHED_SITES:
+                _sources.pop(next(iter(_sources)))
+            _sources[key] = read_labeled_file(path, site.data_spec())
+        return _sources[key]
+
+
+def labels_problem(site: SiteSettings, config: FederationConfig) -> str | None:
+    """Why the site cannot train or evaluate under the run's labels, or None if they equal its own label set.
+
+    Names AND order must match: the model's class ``i`` is the run's ``labels[i]``, and a server that renamed,
+    reordered, added or dropped labels would make the site's records mean something else (and, before per-record
+    budgets, bought a fresh budget). Checked before the run's model is even loaded.
+    """
+    own = site_source(site).label_names
+    if config.labels == own:
+        return None
+    return (
+        f"the server's labels {list(config.labels)} differ from this site's label set {list(own)} "
+        f"(data {site.data_path}); names and order must be equal"
+    )
+
+
 def site_data(site: SiteSettings, config: FederationConfig, tokenizer: PreTrainedTokenizerBase) -> SiteData:
     """The site's validated, tokenised data (re-read when the file changes)."""
     path = Path(site.data_path)
-    stat = path.stat() if path.exists() else None
-    key = (
-        str(path),
-        stat and (stat.st_size, stat.st_mtime_ns),
-        site.model_dump_json(),
-        config.labels,
-        config.training.max_length,
-        config.model,
-    )
+    source = site_source(site)
+    key = (str(path), _file_state(path), site.model_dump_json(), config.training.max_length, config.model)
     with _lock:
         if key not in _data:
-            source = read_labeled_file(path, site.data_spec(config.labels))
+            distinct, duplicates = deduplicate(source)
             train: LabeledTexts
             held_out: LabeledTexts | None
             if site.evaluate:
-                train, held_out = train_eval_split(source, eval_fraction=site.eval_fraction, seed=site.split_seed)
+                train, held_out = train_eval_split(distinct, eval_fraction=site.eval_fraction, seed=site.split_seed)
             else:
-                train, held_out = source, None
+                train, held_out = distinct, None
             if len(_data) >= _MAX_CACHED_SITES:
                 _data.pop(next(iter(_data)))
             _data[key] = SiteData(
+                source=source,
                 train=TokenizedTexts(train, tokenizer, max_length=config.training.max_length),
                 eval=TokenizedTexts(held_out, tokenizer, max_length=config.training.max_length) if held_out else None,
-                fingerprint=source.fingerprint,
+                duplicates=duplicates,
                 dataset_id=f"{site.site_name}:{path.name}",
             )
         return _data[key]
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    """Size and modification time: a changed file is read again."""
+    stat = path.stat() if path.exists() else None
+    return stat and (stat.st_size, stat.st_mtime_ns)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from common.data.partition import PartitionSpec, partition_dataset
-from common.data.sample import sample_dataset
+from common.data.sample import SAMPLE_LABELS, sample_dataset
 from common.errors import ConfigError
 from common.federation.config import FederationConfig
-from common.federation.site import SiteSettings, parse_site_settings
+from common.federation.site import EVALUATE_ALL, SiteSettings, parse_site_settings
 from common.fileio import atomic_write_bytes
 
 SIMULATION_SITES_ENV = "FEDTUNE_SIMULATION_SITES"
@@ -65,5 +65,9 @@ def _demo_site(partition: int, partitions: int, config: FederationConfig) -> Sit
         ]
         atomic_write_bytes(data_path, ("\n".join(lines) + "\n").encode())
     return SiteSettings(
-        site_name=f"demo-site-{partition}", data_path=data_path, ledger_path=directory / "ledger.jsonl", evaluate=True
+        site_name=f"demo-site-{partition}",
+        data_path=data_path,
+        ledger_path=directory / "ledger.jsonl",
+        labels=SAMPLE_LABELS,  # the built-in sample data's label set
+        release_metrics=EVALUATE_ALL,  # a demo shows its progress; its data is public sample text
     )

@@ -1,9 +1,10 @@
 """Bytes a site uploads per round: fedtune's LoRA replies (fedavg, ffa) against full-model fine-tuning of MiniLM.
 
 Each figure is the size of a complete train reply Message as Flower serialises it (every object in the message's
-tree: record dicts, array records, array chunks, metrics, status), built exactly as a site builds it, with trained
-(random, hence incompressible and undeduplicable) values. Full-model
-fine-tuning is the same reply carrying every parameter of the standard BertForSequenceClassification in float32.
+tree: record dicts, array records, array chunks, metrics, status, ledger head and proof), built by the site's own
+reply builder (``common.federation.protocol.train_reply``), with trained (random, hence incompressible and
+undeduplicable) values. Full-model fine-tuning is the same reply carrying every parameter of the standard
+BertForSequenceClassification in float32.
 Goal: ffa at least 600x fewer bytes than full fine-tuning.
 
     python -m simulations.benchmarks.upload_bytes [--model minilm]
@@ -12,35 +13,38 @@ Goal: ffa at least 600x fewer bytes than full fine-tuning.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import uuid
 
 import torch
 from flwr.app import ArrayRecord, Message
 
 
 def _reply(arrays: ArrayRecord) -> Message:
-    from flwr.app import ConfigRecord, MessageType, MetricRecord, RecordDict
+    """A trained reply built by the site's own builder, with a typical round's metadata and ledger proof."""
+    from flwr.app import MessageType, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
     from common.federation import protocol as p
-    from common.federation.rounds import Status
+    from common.privacy.chain import LedgerHead
+    from common.privacy.events import DpSgdEvent
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     request = Message(content=RecordDict(), message_type=MessageType.TRAIN, dst_node_id=1)
-    metrics = MetricRecord(
-        {
-            p.NUM_EXAMPLES: 1000,
-            p.EPSILON_SPENT: 1.0,
-            p.EPSILON_ROUND: 1.0,
-            p.DELTA: 1e-5,
-            p.NOISE_MULTIPLIER: 1.0,
-            p.SAMPLE_RATE: 0.05,
-            p.STEPS: 20,
-            p.EXAMPLES_SEEN: 1000,
-            p.TRAIN_LOSS: 0.5,
-        }
+    release = p.TrainRelease(
+        num_examples=1000,
+        epsilon_spent=1.0,
+        epsilon_round=1.0,
+        delta=1e-5,
+        event=DpSgdEvent(noise_multiplier=1.0, sample_rate=0.05, steps=20, max_grad_norm=1.0),
+        head=LedgerHead(ledger_id=str(uuid.uuid4()), seq=6, hash=_digest("head")),
+        proof=[_digest("reserve"), _digest("commit")],  # a round after the witnessed head: its reserve and commit
     )
-    status = ConfigRecord({p.STATE: Status.TRAINED, p.SITE_NAME: "site-0"})
-    return Message(RecordDict({p.ARRAYS: arrays, p.METRICS: metrics, p.STATUS: status}), reply_to=request)
+    return p.train_reply(request, arrays, release)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def main() -> None:

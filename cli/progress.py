@@ -8,7 +8,7 @@ from cli.display import fmt
 from common.federation import protocol as p
 from common.federation.rounds import RoundRecord, Status
 
-HEADERS = ("round", "trained", "refused", "rejected", "crashed", "train loss", "server acc", "sites acc", "epsilon")
+HEADERS = ("round", "trained", "refused", "rejected", "crashed", "server loss", "server acc", "sites acc", "epsilon")
 
 
 def round_table() -> Table:
@@ -20,17 +20,20 @@ def round_table() -> Table:
 
 
 def round_row(record: RoundRecord) -> tuple[str, ...]:
-    """The progress fields of one round record (counts per status, loss, accuracies, epsilon range)."""
+    """The progress fields of one round record (counts per status, accuracies, epsilon range).
+
+    The loss is the server's, on its own held-out data: sites send no training loss (it is a query on their data
+    without noise).
+    """
     counted = (Status.TRAINED, Status.REFUSED, Status.REJECTED, Status.CRASHED)
     spent = [e for site in record.sites if (e := site.metrics.get(p.EPSILON_SPENT)) is not None]
-    train = record.train or {}
     server = record.server_eval or {}
     federated = record.federated_eval or {}
     epsilon = f"{min(spent):.3g}..{max(spent):.3g}" if spent else "-"
     return (
         str(record.round),
         *(str(len(record.with_status(status))) for status in counted),
-        fmt(train.get(p.TRAIN_LOSS)),
+        fmt(server.get("loss")),
         fmt(server.get("accuracy")),
         fmt(federated.get("accuracy")),
         epsilon,

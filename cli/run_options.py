@@ -45,6 +45,21 @@ FederatedEvalOpt = Annotated[
 UploadPrecisionOpt = Annotated[
     str, typer.Option("--upload-precision", help="float16 (half the bytes) or float32 for site uploads.")
 ]
+MaxSiteWeightOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-site-weight",
+        help=(
+            "Largest share of a round's total weight one site may have, in (0, 1]; a site above it is rejected and "
+            "excluded. Default 0.5: above half, one site alone decides the aggregate. Two honest sites of unequal "
+            "size need more (or --weighting uniform)."
+        ),
+    ),
+]
+WeightingOpt = Annotated[
+    str,
+    typer.Option("--weighting", help="examples (weight updates by each site's num-examples) or uniform (equally)."),
+]
 
 
 #: The options both commands declare: the command's parameter name -> (its option, the run-config key it sets). The
@@ -69,6 +84,8 @@ SHARED_OPTIONS: dict[str, tuple[Any, str]] = {
     "max_update_norm": (MaxUpdateNormOpt, "max-update-norm"),
     "federated_eval": (FederatedEvalOpt, "federated-evaluation"),
     "upload_precision": (UploadPrecisionOpt, "upload-precision"),
+    "max_site_weight": (MaxSiteWeightOpt, "max-site-weight"),
+    "weighting": (WeightingOpt, "weighting"),
 }
 
 RunOptions = dict[str, Any]

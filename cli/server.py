@@ -30,8 +30,14 @@ def start(
         Path | None, typer.Option("--certs", help="Directory from `fedtune certs init` (TLS is on by default).")
     ] = None,
     enroll: Annotated[
-        list[Path] | None,
-        typer.Option("--enroll", help="A site's public key (.pub from `fedtune certs node-key`); repeat per site."),
+        list[str] | None,
+        typer.Option(
+            "--enroll",
+            help=(
+                "A site's public key (.pub from `fedtune certs node-key`) as NAME=KEY.pub, or KEY.pub (named after "
+                "the file); repeat per site. The name is how reports, witnesses and logs name the site."
+            ),
+        ),
     ] = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (0.0.0.0 for other machines; see docs/security.md).")
@@ -61,6 +67,7 @@ def start(
     """
     from cli.progress import round_line, round_row
     from server.deploy import ServerLaunch, serve
+    from server.identities import SiteKey
 
     if insecure:
         err_console_warning(
@@ -79,7 +86,7 @@ def start(
     launch = ServerLaunch(
         out=out,
         certs=certs,
-        enroll=tuple(enroll or ()),
+        enroll=tuple(SiteKey.parse(text) for text in enroll or ()),
         host=host,
         port=port,
         insecure=insecure,

@@ -10,11 +10,14 @@ import typer
 
 from cli import options as opt
 from cli import run_options as ro
-from cli.display import console
+from cli.display import console, err_console_warning
 from common.privacy.budget import parse_limit
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from common.federation.rounds import RoundRecord
+    from common.federation.site import SiteSettings
 
 
 @ro.with_run_options
@@ -104,4 +107,16 @@ def simulate(
     if result.stop_reason:
         console.print(f"[yellow]{result.stop_reason}[/]")
     console.print(f"final adapter: {out / 'adapter'}   privacy report: {out / 'privacy_report.json'}")
+    _show_site_errors(prepared.sites.values(), {crash.site.site_name for crash in result.crashes})
     result.raise_for_crashes()
+
+
+def _show_site_errors(sites: Iterable[SiteSettings], crashed: set[str]) -> None:
+    """A crashed site tells the server nothing but that it failed; here the operator IS every site: show why."""
+    from client.app import error_log
+
+    for site in sites:
+        log = error_log(site.to_node_config())
+        if site.site_name in crashed and log is not None and log.exists():
+            lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+            err_console_warning(f"{site.site_name} failed: {lines[-1] if lines else '?'} (full log: {log})")

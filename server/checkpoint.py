@@ -2,7 +2,8 @@
 
 A restarted server resumes from the last checkpoint whose configuration fingerprint matches its own, with the same
 logical run id (sites key their ledger events and noise calibration by it), the same strategy state (sampling RNG,
-excluded sites) and the same history, so that an interrupted run ends where an uninterrupted one would.
+excluded sites, the ledger head witnessed last and the ``num-examples`` of each site) and the same history, so that
+an interrupted run ends where an uninterrupted one would, and a site cannot roll its ledger back across a restart.
 
 Layout: ``round-N.safetensors`` (the adapter; no pickle, so a tampered file cannot execute code) and
 ``checkpoint.json`` pointing at it. The adapter is written first, so a crash never leaves a state pointing at a
@@ -22,7 +23,7 @@ from safetensors.torch import save as save_safetensors
 from common.errors import FederationError
 from common.federation.rounds import RoundRecord
 from common.fileio import atomic_write_bytes, atomic_write_json
-from server.strategies.base import StrategyState
+from server.strategies.state import StrategyState
 
 STATE_FILE = "checkpoint.json"
 

@@ -8,11 +8,14 @@
 2. start ``flower-superlink`` (:mod:`server.superlink`) with TLS (``--ssl-*``) and ``--enable-supernode-auth``
    (plaintext only with an explicit ``insecure``), runtime dependency installation disabled, its own state database
    and log under the run directory, and wait until it serves;
-3. enrol every site public key and submit the fedtune app with its run config (:mod:`server.flwr_cli`, the only
-   module that talks to the ``flwr`` CLI, through a private ``FLWR_HOME`` inside the run directory);
+3. enrol every site public key under the operator's name, recording the node id the SuperLink binds to it in the
+   run's identity table (:mod:`server.identities`: how every report names the site), and submit the fedtune app
+   with its run config (:mod:`server.flwr_cli`, the only module that talks to the ``flwr`` CLI, through a private
+   ``FLWR_HOME`` inside the run directory);
 4. follow the rounds through the run's round log until Flower reports the run finished (:mod:`server.follow`);
-5. stop the SuperLink (unless asked to keep it) - ``fedtune server stop`` (:func:`server.superlink.stop_server`)
-   does the same for a detached one.
+5. stop the SuperLink and every process it started (SuperExec, ServerApps), at the end or on Ctrl-C/SIGTERM,
+   unless asked to keep it - ``fedtune server stop`` (:func:`server.superlink.stop_server`) does the same for a
+   detached one.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from typing import Any
 
 from common.certs.authority import FederationCerts
 from common.certs.checks import WILDCARD_BINDS, check_server_certs
-from common.certs.node_keys import load_node_public_key
 from common.errors import ConfigError, FederationError
 from common.federation.config import FederationConfig
-from common.processes import sigterm_as_interrupt
+from common.processes import interrupts_ignored, sigterm_as_interrupt
 from server.flwr_cli import RUN_CONFIG_FILE, FlwrCli, write_run_config
 from server.follow import RoundCallback, follow_run
+from server.identities import IdentityTable, SiteKey, check_site_keys, enrol_sites
 from server.superlink import SERVER_STATE, SuperLink, superlink_command, superlink_running
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,7 @@ class ServerLaunch:
 
     out: Path
     certs: Path | None
-    enroll: tuple[Path, ...]
+    enroll: tuple[SiteKey, ...]
     host: str = "127.0.0.1"
     port: int = 9093
     insecure: bool = False
@@ -94,9 +97,8 @@ def preflight(launch: ServerLaunch, config: FederationConfig) -> None:
     else:
         check_server_certs(certs, host=launch.dial_host)
         if not launch.enroll:
-            raise ConfigError("enrol at least one site: --enroll SITE.pub (from `fedtune certs node-key`)")
-        for key in launch.enroll:
-            load_node_public_key(key)
+            raise ConfigError("enrol at least one site: --enroll [NAME=]SITE.pub (from `fedtune certs node-key`)")
+        check_site_keys(launch.enroll)
         if len(launch.enroll) < config.min_sites:
             raise ConfigError(f"{len(launch.enroll)} enrolled site(s) cannot satisfy --min-sites {config.min_sites}")
     if not Path(config.out_dir).is_absolute():
@@ -125,17 +127,18 @@ def serve(
     certs = launch.federation_certs
     ca = certs.ca_cert if certs is not None else None
     cli = FlwrCli.connect(launch.out, launch.address, ca=ca)
-    superlink = SuperLink.start(launch.superlink_command(), out=launch.out, address=launch.address)
-    try:
-        with sigterm_as_interrupt():
+    with sigterm_as_interrupt():  # entered before the SuperLink exists: no SIGTERM can orphan it
+        superlink = SuperLink.start(launch.superlink_command(), out=launch.out, address=launch.address)
+        try:
             superlink.wait_ready(launch.dial_host, launch.port, ca=ca)
-            for key in launch.enroll:
-                cli.register(key)
+            # Each key's node id, under the operator's name: how the ServerApp names sites (server.identities).
+            enrol_sites(launch.enroll, cli.register, IdentityTable(Path(config.out_dir)))
             run_config = write_run_config(launch.out / RUN_CONFIG_FILE, config.to_run_config())
             run_id = cli.submit(launch.app_dir, run_config)
             if on_ready is not None:
                 on_ready(run_id)
             return follow_run(run_id, cli=cli, superlink=superlink, out_dir=Path(config.out_dir), on_round=on_round)
-    finally:
-        if not launch.keep_running:
-            superlink.stop()
+        finally:
+            if not launch.keep_running:
+                with interrupts_ignored():  # a second Ctrl-C or SIGTERM must not cut the stop short
+                    superlink.stop()

@@ -5,11 +5,14 @@ It drives one of fedtune's strategies through Flower's Grid, adding what a produ
 clear error when a round has too few valid updates, a round log other processes can follow, a per-round privacy
 report of every site's reported spend, and the final adapter in PEFT format.
 
-Per round: the strategy samples eligible sites (never one that refused) -> each sampled site gets the global adapter
-and the run's identity (``fedtune-run-id``, ``num-rounds``, ``server-round``) -> every reply is inspected
-(:mod:`server.inspection`: crashed, refused, rejected or trained) -> accepted updates are combined by the strategy ->
-the new adapter is evaluated on the server's held-out data (and, if on, by sites that opted in) -> the round is
-checkpointed and appended to the round log.
+Per round: the strategy samples eligible sites (never one that refused or was excluded) -> each sampled site gets
+the global adapter, the run's identity (``fedtune-run-id``, ``num-rounds``, ``server-round``), the round's upload
+precision and its witnessed ledger head -> every reply is matched to its request and inspected (crashed, refused,
+rejected or trained; :mod:`server.strategies.base`) -> accepted updates are combined by the strategy -> the new
+adapter is evaluated on the server's held-out data (and, if on, by sites that opted in) -> the round is
+checkpointed (with the strategy's memory: exclusions, witnessed heads, each site's N) and appended to the round log.
+
+Sites are named by their authenticated identity, from the run directory's identity table (:mod:`server.identities`).
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ from common.federation import protocol as p
 from common.federation.config import FederationConfig
 from common.federation.rounds import FederationResult, Metrics, RoundRecord, Status
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.identities import IdentityTable
 from server.model import ServerModel
 from server.report import write_outputs
 from server.round_log import RoundLog
 from server.strategies import STRATEGIES, AdapterStrategy
-from server.strategies.base import StrategyState
+from server.strategies.state import StrategyState
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ RoundCallback = Callable[[RoundRecord], None]
 
 
 def build_strategy(config: FederationConfig, model: ServerModel, global_keys: list[str]) -> AdapterStrategy:
-    """The configured strategy over this model's adapter."""
+    """The configured strategy over this model's adapter, naming sites from the run directory's identity table."""
     return STRATEGIES[config.strategy](
         global_keys=global_keys,
         trainable_keys=model.trainable,
@@ -54,6 +58,9 @@ def build_strategy(config: FederationConfig, model: ServerModel, global_keys: li
         federated_evaluation=config.federated_evaluation,
         upload_dtype=config.upload_dtype,
         wait_for_sites=config.round_timeout,
+        max_site_weight=config.max_site_weight,
+        weighting=config.weighting,
+        identities=IdentityTable(Path(config.out_dir)),
     )
 
 
@@ -122,14 +129,21 @@ def run_federation(
                     f"round {server_round}: only {trained} valid update(s), at least {config.min_sites} needed "
                     f"({problems or 'no replies'})"
                 )
-            # Sites ran out of budget: a normal end, not a failure (this round's few updates are discarded).
+            # Sites ran out of budget (or were excluded): a normal end, not a failure (this round's few updates are
+            # discarded).
             stop_reason = (
-                f"stopped in round {server_round}: only {len(eligible)} site(s) still have budget "
-                f"(at least {config.min_sites} needed); {trained} update(s) discarded"
+                f"stopped in round {server_round}: only {len(eligible)} site(s) still have budget and are not "
+                f"excluded (at least {config.min_sites} needed); {trained} update(s) discarded"
             )
             log.warning(stop_reason)
             checkpoint.history.append(
-                RoundRecord(round=server_round, sampled=sampled, sites=outcome.sites, aggregated=False)
+                RoundRecord(
+                    round=server_round,
+                    sampled=sampled,
+                    sites=outcome.sites,
+                    aggregated=False,
+                    upload_precision=outcome.upload_precision,
+                )
             )
             break
         state = outcome.adapter
@@ -141,6 +155,7 @@ def run_federation(
             server_eval=model.evaluate(state),
             federated_eval=_federated_evaluation(strategy, grid, server_round, state, config),
             seconds=round(time.perf_counter() - started, 3),
+            upload_precision=outcome.upload_precision,
         )
         checkpoint.history.append(record)
         checkpoint.completed_rounds = server_round
@@ -160,7 +175,7 @@ def run_federation(
         history=tuple(checkpoint.history),
     )
     model.save(state, out_dir / "adapter")
-    write_outputs(out_dir, config, result)
+    write_outputs(out_dir, config, result, identities=strategy.known_sites())
     return result
 
 

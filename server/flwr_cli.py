@@ -1,6 +1,7 @@
 """Every call fedtune makes to Flower's ``flwr`` CLI, and the one place that reads its output.
 
-The coordinator drives a SuperLink through ``flwr``: enrolment (``flwr supernode register``), submission
+The coordinator drives a SuperLink through ``flwr``: enrolment (``flwr supernode register --name``, whose answer
+names the node id bound to the key: :mod:`server.identities`), submission
 (``flwr run``), run status (``flwr list``) and logs (``flwr log``). Each call uses a private ``FLWR_HOME`` inside the
 run directory whose ``config.toml`` names one connection, never the user's own Flower configuration. Answers are
 read from ``--format json``; Flower may print other lines before the JSON object, so the object is taken from the
@@ -61,11 +62,22 @@ class FlwrCli:
         atomic_write_bytes(home / "config.toml", tomli_w.dumps(connection_config(address, ca=ca)).encode())
         return cls(home)
 
-    def register(self, public_key: Path) -> None:
-        """Enrol a SuperNode's public key: only enrolled SuperNodes may join (a key already enrolled is fine)."""
-        answer = self._json(["supernode", "register", str(public_key), CONNECTION])
-        if not answer.get("success") and ALREADY_ENROLLED not in str(answer.get("error-message", "")):
+    def register(self, public_key: Path, name: str) -> int | None:
+        """Enrol a SuperNode's public key under the operator's ``name``: only enrolled SuperNodes may join.
+
+        Returns the node id the SuperLink bound to the key (a SuperNode gets it only by proving it holds the private
+        key), or None for a key already enrolled (enrolling again is not an error; the SuperLink does not say which
+        node id it has).
+        """
+        answer = self._json(["supernode", "register", str(public_key), CONNECTION, "--name", name])
+        if not answer.get("success"):
+            if ALREADY_ENROLLED in str(answer.get("error-message", "")):
+                return None
             raise FederationError(f"cannot enrol {public_key}: {answer.get('error-message', answer)}")
+        node_id = answer.get("node-id")
+        if isinstance(node_id, bool) or not isinstance(node_id, int) or node_id <= 1:
+            raise FederationError(f"`flwr supernode register` enrolled {public_key} but answered no node id: {answer}")
+        return node_id
 
     def submit(self, app_dir: Path, run_config: Path) -> str:
         """Start the Flower app in ``app_dir`` with the run config file ``run_config``; returns the run id."""

@@ -34,14 +34,16 @@ class ServerModel:
         self.model = apply_lora(load_base_classifier(self.ref, config.labels, pooling=config.pooling), config.lora)
         self.device = resolve_device(device)
         self.trainable = trainable_keys(self.model)
+        # Kept apart: evaluate() and save() load other adapters into the model.
+        self._initial = {key: tensor.clone() for key, tensor in adapter_state(self.model).items()}
         self._eval: TokenizedTexts | None = None
         if config.eval_data:
             dataset = read_labeled_file(Path(config.eval_data), DataSpec(labels=config.labels))
             self._eval = TokenizedTexts(dataset, self.tokenizer, max_length=config.training.max_length)
 
     def initial_state(self) -> dict[str, torch.Tensor]:
-        """The round-0 global adapter."""
-        return adapter_state(self.model)
+        """The round-0 global adapter (the same on every call, whatever was evaluated or saved since)."""
+        return {key: tensor.clone() for key, tensor in self._initial.items()}
 
     @property
     def can_evaluate(self) -> bool:

@@ -1,7 +1,11 @@
 """The run directory's reports: per-round metrics, the server-side privacy report, and a progress plot.
 
-The privacy report records what every site REPORTED it spent, round by round. It is the server's view, useful
-for the federation's audit trail; the authority on a site's spend is the site's own ledger.
+The privacy report records what every site REPORTED it spent, round by round, under the site's AUTHENTICATED
+identity (:mod:`server.identities`: the name the operator gave its enrolled key, with the key's fingerprint; never a
+name the site reported). It is the server's view, useful for the federation's audit trail; the authority on a
+site's spend is the site's own ledger. ``witnesses`` lists every ledger head the server accepted (one object per head:
+``site``, ``round``, ``ledger_id``, ``seq``, ``hash``), which ``fedtune audit LEDGER --verify --witness REPORT``
+(:mod:`common.privacy.witnesses`) checks the site's ledger still contains.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from typing import Any
 
 from common.federation import protocol as p
 from common.federation.config import FederationConfig
-from common.federation.rounds import FederationResult, RoundRecord
+from common.federation.rounds import FederationResult, RoundRecord, head_to_json
 from common.fileio import atomic_write_json
+from server.identities import Identities
 
 METRICS_FILE = "metrics.json"
 PRIVACY_REPORT_FILE = "privacy_report.json"
@@ -32,8 +37,23 @@ def metrics_document(config: FederationConfig, result: FederationResult) -> dict
     }
 
 
-def privacy_report(config: FederationConfig, result: FederationResult) -> dict[str, Any]:
-    """Every site's reported spend per round (and refusals), plus each site's last reported total."""
+def witnesses(result: FederationResult) -> list[dict[str, Any]]:
+    """Every ledger head the server accepted, in round order, in the audit's format."""
+    return [
+        {"site": site.site_name, "round": record.round, **head_to_json(site.ledger_head)}
+        for record in result.history
+        for site in record.sites
+        if site.ledger_head is not None
+    ]
+
+
+def privacy_report(
+    config: FederationConfig, result: FederationResult, identities: Identities | None = None
+) -> dict[str, Any]:
+    """Every site's reported spend per round (and refusals), each site's last reported total, the witnessed heads.
+
+    ``identities`` (the run's identity table) adds how each named site was authenticated.
+    """
     sites: dict[str, list[dict[str, Any]]] = {}
     for record in result.history:
         for site in record.sites:
@@ -42,6 +62,7 @@ def privacy_report(config: FederationConfig, result: FederationResult) -> dict[s
                 {
                     "round": record.round,
                     "node_id": site.node_id,
+                    "key_fingerprint": site.key_fingerprint,
                     "status": site.status.value,
                     "reason": site.reason or None,
                     "epsilon_spent": metrics.get(p.EPSILON_SPENT),
@@ -59,16 +80,23 @@ def privacy_report(config: FederationConfig, result: FederationResult) -> dict[s
     return {
         "run_id": result.run_id,
         "target_epsilon_per_site": config.target_epsilon,
-        "note": "as reported by each site; a site's own ledger is authoritative",
+        "note": (
+            "spend as reported by each site (a site's own ledger is authoritative), under each site's authenticated "
+            "identity; witnesses: the ledger heads the server accepted"
+        ),
         "sites": sites,
         "final_epsilon_spent": final,
+        "identities": {entry.name: entry.to_json() for entry in (identities.entries() if identities else [])},
+        "witnesses": witnesses(result),
     }
 
 
-def write_outputs(out_dir: Path, config: FederationConfig, result: FederationResult) -> None:
+def write_outputs(
+    out_dir: Path, config: FederationConfig, result: FederationResult, *, identities: Identities | None = None
+) -> None:
     """metrics.json, privacy_report.json and progress.png."""
     atomic_write_json(out_dir / METRICS_FILE, metrics_document(config, result))
-    report = privacy_report(config, result)
+    report = privacy_report(config, result, identities)
     atomic_write_json(out_dir / PRIVACY_REPORT_FILE, report)
     plot_progress(out_dir / PLOT_FILE, result.history, report, config)
 

@@ -5,10 +5,15 @@ A SuperLink started for a run directory ``OUT`` is recorded in ``OUT/server.json
 check act on that process only, never on an unrelated one that was later given the same pid. State files written
 before the start time was recorded (no ``superlink_create_time``) are still read: their ``started_at``, taken just
 after the process started, stands in with a few seconds' tolerance.
+
+Stopping a SuperLink stops its whole process tree (:class:`common.processes.ProcessTree`): its SuperExec starts in
+a session of its own and runs each ``flwr-serverapp``, so neither is in the SuperLink's process group. The tree is
+tracked on every look at the SuperLink, so those helpers are found even after the SuperLink has died.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -22,7 +27,14 @@ from common.certs.checks import tls_handshake
 from common.errors import FederationError
 from common.fileio import atomic_write_json
 from common.polling import WaitTimeout, wait_until
-from common.processes import ProcessIdentity, flower_executable, start, stop
+from common.processes import (
+    ProcessIdentity,
+    ProcessTree,
+    flower_executable,
+    interrupts_ignored,
+    start,
+    stop_tree,
+)
 
 SERVER_STATE = "server.json"
 LOG_FILE = "superlink.log"
@@ -31,6 +43,10 @@ DATABASE = "superlink.db"
 READY_TIMEOUT = 60.0
 #: How far a legacy state file's ``started_at`` may be from the process's start time.
 LEGACY_TOLERANCE = 5.0
+#: Seconds the SuperLink, its SuperExec and ServerApp get to end after SIGTERM (the SuperLink took 0.5-3 s here: its
+#: HTTP server's shutdown and Flower's exit handlers), then the longest wait after SIGKILL.
+STOP_GRACE = 3.0
+KILL_WAIT = 2.0
 
 
 def superlink_command(*, host: str, port: int, out: Path, certs: FederationCerts | None) -> list[str]:
@@ -70,22 +86,35 @@ class SuperLink:
     process: subprocess.Popen[bytes]
     identity: ProcessIdentity
     out: Path
+    tree: ProcessTree
 
     @classmethod
     def start(cls, command: Sequence[str], *, out: Path, address: str) -> SuperLink:
-        """Start the SuperLink (its own process group, output to ``out/superlink.log``) and record it."""
+        """Start the SuperLink (its own session, output to ``out/superlink.log``) and record it.
+
+        Call it where SIGTERM is already an interrupt (:func:`common.processes.sigterm_as_interrupt`): if anything
+        interrupts the recording, the SuperLink is stopped before the exception leaves.
+        """
         process = start(command, log_file=out / LOG_FILE, cwd=out)
-        superlink = cls(process, ProcessIdentity.of(process.pid), out)
-        atomic_write_json(
-            out / SERVER_STATE,
-            {
-                "superlink_pid": superlink.identity.pid,
-                "superlink_create_time": superlink.identity.create_time,
-                "address": address,
-                "started_at": time.time(),
-            },
-        )
-        return superlink
+        try:
+            identity = ProcessIdentity.of(process.pid)
+            atomic_write_json(
+                out / SERVER_STATE,
+                {
+                    "superlink_pid": identity.pid,
+                    "superlink_create_time": identity.create_time,
+                    "address": address,
+                    "started_at": time.time(),
+                },
+            )
+        except BaseException:  # not recorded yet: nobody else could stop it
+            with interrupts_ignored():
+                stop_tree(ProcessIdentity.of(process.pid), grace=STOP_GRACE, kill_wait=KILL_WAIT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=KILL_WAIT)
+                (out / SERVER_STATE).unlink(missing_ok=True)
+            raise
+        return cls(process, identity, out, ProcessTree(identity))
 
     @property
     def log_file(self) -> Path:
@@ -94,6 +123,7 @@ class SuperLink:
 
     def check_alive(self) -> None:
         """FederationError if the SuperLink has exited (the run cannot go on without it)."""
+        self.tree.track()  # before poll() reaps it: its session finds what it left behind until then
         code = self.process.poll()
         if code is not None:
             raise FederationError(f"the SuperLink exited (code {code}); see {self.log_file}")
@@ -106,6 +136,7 @@ class SuperLink:
         """
 
         def serving() -> bool:
+            self.tree.track()
             if self.process.poll() is not None:
                 raise FederationError(self._not_started())
             if ca is None:
@@ -120,8 +151,14 @@ class SuperLink:
             raise FederationError(self._not_started()) from None
 
     def stop(self) -> None:
-        """Stop the SuperLink's process group and remove its state file."""
-        stop(self.identity)
+        """Stop the SuperLink and every process it started (SuperExec, ServerApps), then remove its state file.
+
+        Ends within about ``STOP_GRACE + 2 * KILL_WAIT`` seconds; the SuperLink is reaped (unless it survived
+        SIGKILL).
+        """
+        self.tree.stop(grace=STOP_GRACE, kill_wait=KILL_WAIT)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # only if it survived SIGKILL (logged)
+            self.process.wait(timeout=KILL_WAIT)
         (self.out / SERVER_STATE).unlink(missing_ok=True)
 
     def _not_started(self) -> str:
@@ -154,11 +191,12 @@ def superlink_running(out: Path) -> bool:
 def stop_server(out: Path) -> bool:
     """Stop the SuperLink a detached ``server start`` left running for ``out``; False if none was running.
 
-    The recorded process is signalled only if it still holds its pid; the state file is removed either way.
+    Every process it has started by now goes with it (:func:`common.processes.stop_tree`). The recorded process is
+    signalled only if it still holds its pid; the state file is removed either way.
     """
     identity = recorded_superlink(out)
     if identity is None:
         return False
-    stopped = stop(identity)
+    stopped = stop_tree(identity, grace=STOP_GRACE, kill_wait=KILL_WAIT)
     (out / SERVER_STATE).unlink(missing_ok=True)
     return stopped

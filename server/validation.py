@@ -1,19 +1,39 @@
-"""Validate model updates from sites before they can touch the global adapter.
+"""Validate model updates from sites before they can touch the global adapter; choose the round's upload dtype.
 
 A site is a peer the server does not control: its reply may be malformed, mistaken or malicious. An update is
 accepted only if it has exactly the expected tensors, each with the global tensor's shape and dtype, only finite
 values, and an update norm ``||update - global||_2`` (over all its tensors) under a configured bound. Anything else
 raises :class:`~common.errors.UpdateRejectedError` naming the site and the rule, and the update is discarded whole.
+
+float16 uploads (:func:`round_upload_dtype`): an accepted update lies within ``max_update_norm`` of the global in
+L2, hence in every entry. If every global entry x has ``|x| + max_update_norm <= 65504`` (float16's largest finite
+value), every update that could be accepted is representable in float16; otherwise some honest update would
+overflow to inf and be rejected (and the global itself, cast to float16 as the reference, would hold inf), so the
+round travels in float32. No value a site sends can push a later global past the bound unnoticed: the check is
+made on the global before every round.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from common.errors import UpdateRejectedError
+
+#: The largest finite float16 value.
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def round_upload_dtype(
+    global_state: Mapping[str, torch.Tensor], keys: Iterable[str], *, configured: torch.dtype, max_update_norm: float
+) -> torch.dtype:
+    """The dtype this round's uploads travel in: ``configured``, or float32 where float16 cannot hold every update."""
+    if configured != torch.float16:
+        return configured
+    largest = max((float(global_state[key].abs().max()) for key in keys if global_state[key].numel()), default=0.0)
+    return configured if largest + max_update_norm <= FLOAT16_MAX else torch.float32
 
 
 def validate_update(

@@ -35,7 +35,7 @@ from common.data.split import train_eval_split
 from common.errors import ConfigError, FederationError
 from common.federation.config import FederationConfig, parse_run_config
 from common.federation.rounds import FederationResult, RoundRecord
-from common.federation.site import SiteSettings
+from common.federation.site import EVALUATE_ALL, SiteSettings
 from common.fileio import atomic_write_bytes, atomic_write_json
 from common.training.batches import plan_steps
 from common.training.config import DEFAULT_EVAL_FRACTION
@@ -158,8 +158,9 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
             delta=config.delta,
             text_column=request.data_spec.text_column,
             label_column=request.data_spec.label_column,
+            labels=config.labels,  # the simulation's operator declares each site's label set: the run's
             # Simulated sites release held-out metrics (so progress is visible) whenever federated evaluation is on.
-            evaluate=config.federated_evaluation,
+            release_metrics=EVALUATE_ALL if config.federated_evaluation else (),
             seed=None if request.seed is None else request.seed * 1000 + index,
         )
         train_size = len(dataset) - (round(len(dataset) * site.eval_fraction) if site.evaluate else 0)
@@ -210,6 +211,7 @@ def run_simulation(
 
     from client.site import SIMULATION_SITES_ENV
     from server.federation import run_federation
+    from server.identities import IdentityTable
 
     holder: dict[str, FederationResult] = {}
     client_app = simulation_client_app(prepared.config.to_run_config())
@@ -226,6 +228,8 @@ def run_simulation(
     }
     # Ray workers inherit the environment: this is how simulated SuperNodes find their site settings.
     os.environ[SIMULATION_SITES_ENV] = str(prepared.sites_file.resolve())
+    # This run's simulated nodes get new ids: they register again under their site names as they first reply.
+    IdentityTable(Path(prepared.config.out_dir)).forget("simulation")
     try:
         with quiet_flower():
             from flwr.simulation import run_simulation as run_on_flower
@@ -289,20 +293,47 @@ def simulation_client_app(run_config: dict[str, Any]) -> Any:
     from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
 
+    from client.app import contained
     from client.evaluate import evaluate_round
+    from client.site import resolve_site
     from client.train import train_round
 
     app = ClientApp()
+    config = parse_run_config(run_config)
+
+    def site_config(context: Context) -> Mapping[str, Any]:  # where a failing simulated site keeps its error log
+        return resolve_site(context.node_config, config).to_node_config()
+
+    train = contained(lambda message, context: train_round(message, context, run_config=run_config), sites=site_config)
+    evaluate = contained(
+        lambda message, context: evaluate_round(message, context, run_config=run_config), sites=site_config
+    )
 
     @app.train()
     def _train(message: Message, context: Context) -> Message:
-        return train_round(message, context, run_config=run_config)
+        register_simulated_site(context.node_id, context.node_config, run_config)
+        return train(message, context)
 
     @app.evaluate()
     def _evaluate(message: Message, context: Context) -> Message:
-        return evaluate_round(message, context, run_config=run_config)
+        register_simulated_site(context.node_id, context.node_config, run_config)
+        return evaluate(message, context)
 
     return app
+
+
+def register_simulated_site(node_id: int, node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> None:
+    """Name this simulated node in the run's identity table, first thing, before it can reply or crash.
+
+    The operator's site table says which site this node's partition is; the server names the node from the table
+    (:mod:`server.identities`), never from anything in a reply.
+    """
+    from client.site import resolve_site
+    from server.identities import register_simulated_node
+
+    config = parse_run_config(run_config)
+    site = resolve_site(node_config, config)
+    register_simulated_node(Path(config.out_dir), node_id, site.site_name)
 
 
 def _shutdown_ray() -> None:

@@ -51,3 +51,13 @@ def sample_jsonl(tmp_path: Path) -> Path:
     dataset = sample_dataset(400, seed=3)
     rows = [{"text": t, "label": dataset.label_names[y]} for t, y in zip(dataset.texts, dataset.labels, strict=True)]
     return write_jsonl(tmp_path / "sample.jsonl", rows)
+
+
+@pytest.fixture
+def cleanup():
+    """Processes to kill after the test, should it fail with any of them (or their descendants) still running."""
+    from tests.processes import kill_all
+
+    processes: list = []
+    yield processes
+    kill_all(processes)

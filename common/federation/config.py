@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 StrategyName = Literal["fedavg", "ffa", "product"]
+#: How accepted updates are weighted: by each site's ``num-examples``, or equally.
+Weighting = Literal["examples", "uniform"]
 
 #: Flat run-config key -> (section, field) for the composed settings. Every field of a section has a key here except
 #: ``lora.ffa``, which is not a setting of its own: FFA-LoRA is on exactly when the strategy is ``ffa``.
@@ -82,6 +85,22 @@ class FederationConfig(BaseModel):
     accountant: AccountantName = "prv"
     max_update_norm: float = Field(default=1000.0, gt=0, allow_inf_nan=False)
     upload_precision: Literal["float32", "float16"] = "float16"
+    max_site_weight: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description=(
+            "The largest share of a round's total weight one accepted update may have; a site above it is rejected "
+            "and excluded for the rest of the run. 0.5: with more than half of a round's weight, one site alone "
+            "decides the aggregate (its claimed num-examples is unverifiable). Honest two-site federations of "
+            "unequal size must raise it (or use uniform weighting); a single-site run needs 1."
+        ),
+    )
+    weighting: Weighting = Field(
+        default="examples",
+        description="examples: weight each update by its site's num-examples; uniform: every update equally.",
+    )
     federated_evaluation: bool = True
     eval_data: str = ""  # server-side held-out file ("" = none)
     out_dir: str = "runs/flwr-local"
@@ -135,6 +154,14 @@ class FederationConfig(BaseModel):
     def _consistent(self) -> FederationConfig:
         if self.sites_per_round and self.sites_per_round < self.min_sites:
             raise ValueError(f"sites-per-round ({self.sites_per_round}) is below min-sites ({self.min_sites})")
+        # K accepted updates give the largest one a share of at least 1/K: a round of min-sites updates must be able
+        # to meet the cap, or no round could ever aggregate.
+        if self.max_site_weight * self.min_sites < 1 - 1e-9:
+            needed = math.ceil(1 / self.max_site_weight - 1e-9)
+            raise ValueError(
+                f"max-site-weight {self.max_site_weight:g} needs at least {needed} updates per round, but min-sites "
+                f"is {self.min_sites}: raise min-sites to {needed} or max-site-weight to {1 / self.min_sites:g}"
+            )
         return self
 
     @property

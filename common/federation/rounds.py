@@ -7,6 +7,9 @@ server's bookkeeping cannot disagree on spelling.
 
 JSON form (``to_json``/``from_json``) is the one stored in checkpoints and ``metrics.json``; readers accept records
 written by earlier versions (a missing optional key takes its default).
+
+A site is named by its AUTHENTICATED identity (:mod:`server.identities`): the name the operator gave its enrolled
+key (or its simulated node), never a name the site reports about itself; ``node <id>`` where no identity is known.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FederationError
+from common.privacy.chain import LedgerHead
 
 #: Metrics by name (accuracy, loss, ...): ``None`` where a metric is undefined (e.g. ROC-AUC with one class).
 Metrics = Mapping[str, float | None]
@@ -33,9 +37,24 @@ class Status(StrEnum):
     CRASHED = "crashed"  # an error reply, or no reply before the round timeout
 
 
+def head_to_json(head: LedgerHead) -> dict[str, Any]:
+    """A ledger head as JSON (the keys of ``privacy_report.json``'s witnesses)."""
+    return {"ledger_id": head.ledger_id, "seq": head.seq, "hash": head.hash}
+
+
+def head_from_json(data: Mapping[str, Any]) -> LedgerHead:
+    """Inverse of :func:`head_to_json`."""
+    return LedgerHead(ledger_id=str(data["ledger_id"]), seq=int(data["seq"]), hash=str(data["hash"]))
+
+
 @dataclass(frozen=True)
 class SiteResult:
-    """One site in one round, as the server saw it."""
+    """One site in one round, as the server saw it.
+
+    ``site_name`` is the site's authenticated identity and ``key_fingerprint`` the enrolled key behind it (None
+    without one: simulation, plaintext runs); ``ledger_head`` is the ledger head the server witnessed in this reply
+    (verified to extend the one it witnessed before), None if the reply carried none it accepted.
+    """
 
     node_id: int
     site_name: str
@@ -44,6 +63,8 @@ class SiteResult:
     metrics: Mapping[str, float] = field(default_factory=dict)
     update_norm: float | None = None
     upload_bytes: int = 0
+    key_fingerprint: str | None = None
+    ledger_head: LedgerHead | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -55,6 +76,8 @@ class SiteResult:
             "metrics": dict(self.metrics),
             "update_norm": self.update_norm,
             "upload_bytes": self.upload_bytes,
+            "key_fingerprint": self.key_fingerprint,
+            "ledger_head": head_to_json(self.ledger_head) if self.ledger_head is not None else None,
         }
 
     @classmethod
@@ -68,6 +91,8 @@ class SiteResult:
             metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items() if v is not None},
             update_norm=data.get("update_norm"),
             upload_bytes=int(data.get("upload_bytes") or 0),
+            key_fingerprint=data.get("key_fingerprint"),
+            ledger_head=head_from_json(data["ledger_head"]) if data.get("ledger_head") else None,
         )
 
 
@@ -76,7 +101,8 @@ class RoundRecord:
     """One round: who was sampled, what each site did, and the global adapter's metrics afterwards.
 
     Round 0 records the initial adapter's server-side metrics only. ``aggregated`` is False for a round that ended
-    the run without producing a new adapter (too few sites left with budget).
+    the run without producing a new adapter (too few sites left with budget). ``upload_precision`` is the dtype the
+    round's uploads travelled in (float32 when the global adapter did not fit float16).
     """
 
     round: int
@@ -87,6 +113,7 @@ class RoundRecord:
     federated_eval: Metrics | None = None
     seconds: float | None = None
     aggregated: bool = True
+    upload_precision: str | None = None
 
     def with_status(self, status: Status) -> list[SiteResult]:
         """The sites of one status, in reply order."""
@@ -103,6 +130,7 @@ class RoundRecord:
             "federated_eval": dict(self.federated_eval) if self.federated_eval is not None else None,
             "seconds": self.seconds,
             "aggregated": self.aggregated,
+            "upload_precision": self.upload_precision,
         }
 
     @classmethod
@@ -117,6 +145,7 @@ class RoundRecord:
             federated_eval=data.get("federated_eval"),
             seconds=data.get("seconds"),
             aggregated=bool(data.get("aggregated", True)),
+            upload_precision=data.get("upload_precision"),
         )
 
 

@@ -21,6 +21,11 @@ def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> 
     return acc.to(tensors[0].dtype)
 
 
+def weighted_mean_values(values: Sequence[float], weights: Sequence[float]) -> float:
+    """sum_k w_k v_k / sum_k w_k for plain numbers (metrics), in float64."""
+    return float(weighted_mean([torch.tensor(float(v), dtype=torch.float64) for v in values], weights))
+
+
 def average_keys(
     updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float], keys: Sequence[str]
 ) -> dict[str, torch.Tensor]:

@@ -42,6 +42,17 @@ def test_the_decorated_command_receives_the_shared_options_by_run_config_key():
     )
 
 
+def test_robust_weighting_options_reach_the_config_and_errors_name_them(tmp_path):
+    config = ro.federation_config(
+        run_values(max_site_weight=0.75, weighting="uniform"), {"labels": ("no", "yes"), "out-dir": str(tmp_path)}
+    )
+    assert (config.max_site_weight, config.weighting) == (0.75, "uniform")
+    with pytest.raises(ConfigError, match="option '--max-site-weight'"):
+        ro.federation_config(run_values(max_site_weight=0.0), {"labels": ("no", "yes")})
+    with pytest.raises(ConfigError, match="option '--weighting'"):
+        ro.federation_config(run_values(weighting="median"), {"labels": ("no", "yes")})
+
+
 def test_values_reach_the_config_and_errors_name_the_option(tmp_path):
     config = ro.federation_config(
         run_values(rounds=5, lr=0.5, federated_eval=False), {"labels": ("no", "yes"), "out-dir": str(tmp_path)}

@@ -9,21 +9,32 @@ import torch
 
 from common.errors import FederationError
 from common.federation.rounds import RoundRecord, SiteResult, Status
+from common.privacy.chain import LedgerHead
 from server.checkpoint import STATE_FILE, Checkpoint, load_checkpoint, save_checkpoint
-from server.strategies.base import StrategyState
+from server.strategies.state import StrategyState
 
 
 def checkpoint(rounds: int) -> Checkpoint:
     rng = random.Random(7)
     rng.random()
-    site = SiteResult(3, "site-c", Status.REFUSED, "budget gone", {"num-examples": 0.0})
+    site = SiteResult(3, "site-c", Status.REFUSED, "budget-exhausted", key_fingerprint="SHA256:x")
+    head = LedgerHead("ledger-c", 7, "c" * 64)
+    trained = SiteResult(4, "site-d", Status.TRAINED, metrics={"num-examples": 80.0}, ledger_head=head)
     return Checkpoint(
         run_id="run-1",
         config_fingerprint="f" * 64,
         completed_rounds=rounds,
         adapter={"a": torch.randn(3, 2, dtype=torch.float32), "b": torch.arange(4, dtype=torch.float16)},
-        strategy=StrategyState(rng_state=rng.getstate(), excluded={3: "budget gone"}),
-        history=[RoundRecord(0, server_eval={"accuracy": 0.5, "roc_auc": None}), RoundRecord(1, (3,), (site,))],
+        strategy=StrategyState(
+            rng_state=rng.getstate(),
+            excluded={"site-c": "refused: budget-exhausted"},
+            witnesses={"site-d": head},
+            examples={"site-d": 80},
+        ),
+        history=[
+            RoundRecord(0, server_eval={"accuracy": 0.5, "roc_auc": None}),
+            RoundRecord(1, (3, 4), (site, trained), upload_precision="float32"),
+        ],
     )
 
 
@@ -36,7 +47,7 @@ def test_round_trip_is_exact(tmp_path):
     assert all(
         torch.equal(loaded.adapter[k], v) and loaded.adapter[k].dtype == v.dtype for k, v in saved.adapter.items()
     )
-    assert loaded.strategy.excluded == {3: "budget gone"}
+    assert loaded.strategy == saved.strategy  # exclusions, witnessed heads and each site's N
     assert loaded.history == saved.history
     # The restored RNG continues exactly where the saved one was.
     original, restored = random.Random(), random.Random()

@@ -3,7 +3,10 @@ SuperLink's state file (a reused pid is never stopped), and following a run thro
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 
@@ -15,8 +18,10 @@ from common.certs.node_keys import create_node_key
 from common.errors import CertificateError, ConfigError, FederationError
 from common.federation.config import FederationConfig
 from common.federation.rounds import RoundRecord
+from common.polling import wait_until
 from server.deploy import ServerLaunch, preflight
 from server.follow import follow_run
+from server.identities import SiteKey
 from server.round_log import RoundLog
 from server.superlink import SERVER_STATE, SuperLink, stop_server, superlink_running
 
@@ -27,7 +32,7 @@ def setup(tmp_path):
     _, pub_a = create_node_key(tmp_path / "keys", "a")
     _, pub_b = create_node_key(tmp_path / "keys", "b")
     config = FederationConfig(labels=("n", "p"), out_dir=str(tmp_path / "run"))
-    return certs, (pub_a, pub_b), config
+    return certs, (SiteKey("hospital-a", pub_a), SiteKey.parse(str(pub_b))), config
 
 
 def test_valid_setup_passes_and_enables_tls_and_node_auth(setup, tmp_path):
@@ -56,9 +61,21 @@ def test_bad_enrolled_key_and_too_few_sites(setup, tmp_path):
     bad = tmp_path / "bad.pub"
     bad.write_text("ssh-rsa AAAA nonsense\n")
     with pytest.raises(CertificateError, match=r"bad\.pub"):
-        preflight(ServerLaunch(out=tmp_path / "run", certs=certs.directory, enroll=(keys[0], bad)), config)
+        preflight(
+            ServerLaunch(out=tmp_path / "run", certs=certs.directory, enroll=(keys[0], SiteKey("x", bad))), config
+        )
     with pytest.raises(ConfigError, match="cannot satisfy --min-sites 2"):
         preflight(ServerLaunch(out=tmp_path / "run", certs=certs.directory, enroll=keys[:1]), config)
+
+
+def test_a_site_name_or_key_enrolled_twice_stops_the_start(setup, tmp_path):
+    certs, keys, config = setup
+    twice = (keys[0], SiteKey("hospital-a", keys[1].public_key))
+    with pytest.raises(ConfigError, match="the name 'hospital-a' is given to"):
+        preflight(ServerLaunch(out=tmp_path / "run", certs=certs.directory, enroll=twice), config)
+    same_key = (keys[0], SiteKey("other", keys[0].public_key))
+    with pytest.raises(ConfigError, match="already enrolled as 'hospital-a'"):
+        preflight(ServerLaunch(out=tmp_path / "run", certs=certs.directory, enroll=same_key), config)
 
 
 def test_certificate_problems_stop_the_start(setup, tmp_path):
@@ -133,6 +150,58 @@ def test_state_files_without_a_start_time_still_work(stand_in):
     assert superlink_running(stand_in.out)
     assert stop_server(stand_in.out) is True
     assert stand_in.process.wait(timeout=30) is not None
+
+
+@pytest.fixture
+def escaping(tmp_path):
+    """A stand-in SuperLink whose child leads a session of its own, as Flower's SuperExec does; the child is returned
+    too (and killed after the test, whatever happened)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    superlink = SuperLink.start(["sh", "-c", "setsid sleep 300 & wait"], out=out, address="127.0.0.1:9093")
+    parent = psutil.Process(superlink.process.pid)
+
+    def escaped() -> psutil.Process | None:  # the child, once its setsid has taken effect (it runs sleep)
+        with contextlib.suppress(psutil.Error):
+            return next((child for child in parent.children() if child.name() == "sleep"), None)
+        return None
+
+    child = wait_until(escaped, timeout=60, interval=0.05)
+    assert os.getsid(child.pid) == child.pid != os.getsid(parent.pid)
+    yield superlink, child
+    for process in (child, parent):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    superlink.process.wait(timeout=30)
+
+
+def ended(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def test_server_stop_ends_what_the_superlink_started_in_other_sessions(escaping):
+    superlink, child = escaping
+    assert stop_server(superlink.out) is True
+    superlink.process.wait(timeout=30)
+    wait_until(lambda: ended(child), timeout=30, interval=0.1)
+
+
+def test_what_a_crashed_superlink_left_behind_is_stopped(escaping):
+    """The tree is tracked on each look at the SuperLink: its orphaned SuperExec is found after it died."""
+    superlink, child = escaping
+    superlink.check_alive()  # a look while it runs
+    os.kill(superlink.process.pid, signal.SIGKILL)
+    with pytest.raises(FederationError, match="the SuperLink exited"):
+        wait_until(superlink.check_alive, timeout=30, interval=0.05)  # raises once it has exited (and is reaped)
+    assert child.is_running() and child.ppid() != superlink.process.pid
+
+    superlink.stop()
+
+    wait_until(lambda: ended(child), timeout=30, interval=0.1)
+    assert not (superlink.out / SERVER_STATE).exists()
 
 
 def test_a_corrupt_state_file_is_one_clear_error(tmp_path):

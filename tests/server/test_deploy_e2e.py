@@ -1,7 +1,8 @@
 """Deployment on loopback: certificates, a TLS SuperLink with node authentication, two SuperNodes, two rounds.
 
 Also: an unenrolled key is refused, a SuperNode trusting the wrong CA cannot connect, private keys are 0600 and no
-secret appears in any log. Bounded in time; marked slow.
+secret appears in any log; both sites keep the client's default name, yet the server names each by the key the
+operator enrolled, and every ledger head it witnessed passes the site-side audit. Bounded in time; marked slow.
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ def test_tls_federation_with_node_authentication(tiny_model_dir, tmp_path):
             "--certs",
             str(tmp_path / "certs"),
             "--enroll",
-            str(tmp_path / "keys" / "site-a.pub"),
+            f"hospital-a={tmp_path / 'keys' / 'site-a.pub'}",  # named by the operator
             "--enroll",
-            str(tmp_path / "keys" / "site-b.pub"),
+            str(tmp_path / "keys" / "site-b.pub"),  # named after the key file: site-b
             "--port",
             str(port),
             "--model",
@@ -110,7 +111,7 @@ def test_tls_federation_with_node_authentication(tiny_model_dir, tmp_path):
                         tmp_path / f"{name}-ledger.jsonl",
                         tmp_path / "certs" / "ca.pem",
                         tmp_path / "keys" / f"{name}.key",
-                        *("--site-name", name, "--max-epsilon", "8"),
+                        *("--max-epsilon", "8"),  # both sites keep the default --site-name
                     ),
                     stdout=(logs / f"{name}.out").open("w"),
                     stderr=subprocess.STDOUT,
@@ -164,10 +165,21 @@ def test_tls_federation_with_node_authentication(tiny_model_dir, tmp_path):
     assert "TLS + SuperNode authentication" in printed and "round=2" in printed
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     report = json.loads((out / "privacy_report.json").read_text())
-    assert sorted(report["sites"]) == ["site-a", "site-b"]
+    assert sorted(report["sites"]) == ["hospital-a", "site-b"]  # not one merged "site" entry
+    identities = json.loads((out / "identities.json").read_text())["sites"]
+    assert sorted((e["name"], e["source"]) for e in identities) == [("hospital-a", "enrolled"), ("site-b", "enrolled")]
+    assert all(e["key_fingerprint"].startswith("SHA256:") for e in identities)
+    assert sorted((w["site"], w["round"]) for w in report["witnesses"]) == [
+        ("hospital-a", 1),
+        ("hospital-a", 2),
+        ("site-b", 1),
+        ("site-b", 2),
+    ]
     for name in ("site-a", "site-b"):
         ledger = PrivacyLedger(tmp_path / f"{name}-ledger.jsonl").snapshot()
         assert len(ledger.reservations()) == 2 and len(ledger.committed) == 2
+        audit = run("audit", str(tmp_path / f"{name}-ledger.jsonl"), "--witness", str(out / "privacy_report.json"))
+        assert audit.returncode == 0 and "every witnessed head is in the ledger" in audit.stdout, audit.stderr
     assert not (tmp_path / "intruder-ledger.jsonl").exists()
 
     for key in [*(tmp_path / "keys").glob("*.key"), *(tmp_path / "certs").glob("*.key")]:

@@ -73,14 +73,26 @@ def fake_flwr(monkeypatch, stdout):
     return calls
 
 
+def test_register_names_the_site_and_returns_the_node_id_bound_to_the_key(tmp_path, monkeypatch):
+    cli = FlwrCli(tmp_path)
+    calls = fake_flwr(monkeypatch, '✅ SuperNode 7 registered successfully.\n{"success": true, "node-id": 8123456789}')
+    assert cli.register(tmp_path / "a.pub", "hospital-a") == 8123456789
+    assert calls == [
+        ["supernode", "register", str(tmp_path / "a.pub"), CONNECTION, "--name", "hospital-a", "--format", "json"]
+    ]
+    for answer in ('{"success": true}', '{"success": true, "node-id": 1}', '{"success": true, "node-id": "7"}'):
+        fake_flwr(monkeypatch, answer)
+        with pytest.raises(FederationError, match="answered no node id"):
+            cli.register(tmp_path / "a.pub", "hospital-a")
+
+
 def test_register_accepts_an_already_enrolled_key_and_refuses_other_errors(tmp_path, monkeypatch):
     cli = FlwrCli(tmp_path)
-    calls = fake_flwr(monkeypatch, '{"success": false, "error-message": "Public key already in use"}')
-    cli.register(tmp_path / "a.pub")
-    assert calls == [["supernode", "register", str(tmp_path / "a.pub"), CONNECTION, "--format", "json"]]
+    fake_flwr(monkeypatch, '{"success": false, "error-message": "Public key already in use"}')
+    assert cli.register(tmp_path / "a.pub", "a") is None
     fake_flwr(monkeypatch, '{"success": false, "error-message": "Invalid key"}')
     with pytest.raises(FederationError, match=r"cannot enrol .*a\.pub: Invalid key"):
-        cli.register(tmp_path / "a.pub")
+        cli.register(tmp_path / "a.pub", "a")
 
 
 def test_submit_returns_the_run_id_and_status_reads_the_listed_run(tmp_path, monkeypatch):

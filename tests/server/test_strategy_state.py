@@ -1,9 +1,11 @@
-"""A strategy's state survives a checkpoint: a restored strategy samples exactly as the original goes on to."""
+"""A strategy's state survives a checkpoint: a restored strategy samples, excludes and witnesses as the original."""
 
 from __future__ import annotations
 
-from server.strategies.base import StrategyState
+from common.privacy.chain import LedgerHead
+from server.identities import IdentityTable, SiteIdentity
 from server.strategies.fedavg import LoraFedAvg
+from server.strategies.state import StrategyState
 
 
 class Nodes:
@@ -16,7 +18,7 @@ class Nodes:
         return list(self.nodes)
 
 
-def strategy(sites_per_round=2):
+def strategy(sites_per_round=2, identities=None):
     return LoraFedAvg(
         global_keys=["a"],
         trainable_keys=["a"],
@@ -25,6 +27,7 @@ def strategy(sites_per_round=2):
         max_update_norm=1.0,
         seed=4,
         federated_evaluation=False,
+        identities=identities,
     )
 
 
@@ -32,7 +35,7 @@ def test_restore_continues_the_sampling_sequence_and_the_exclusions():
     grid = Nodes(range(1, 9))
     original = strategy()
     original.sample(grid)
-    original.restore(StrategyState(rng_state=original.state().rng_state, excluded={5: "refused"}))
+    original.restore(StrategyState(rng_state=original.state().rng_state, excluded={"node 5": "refused"}))
     saved = StrategyState.from_json(original.state().to_json())
     expected = [original.sample(grid)[0] for _ in range(6)]
     restored = strategy()
@@ -43,6 +46,29 @@ def test_restore_continues_the_sampling_sequence_and_the_exclusions():
 
 def test_too_few_eligible_sites_stop_with_a_reason():
     s = strategy(sites_per_round=0)
-    s.restore(StrategyState(rng_state=s.state().rng_state, excluded={1: "refused", 2: "refused"}))
+    s.restore(StrategyState(rng_state=s.state().rng_state, excluded={"node 1": "refused", "node 2": "refused"}))
     sampled, reason = s.sample(Nodes([1, 2, 3]))
     assert sampled == () and reason is not None and "only 1 of 3 sites can still train" in reason
+
+
+def test_exclusions_witnesses_and_n_are_kept_per_identity_whatever_the_node_id(tmp_path):
+    table = IdentityTable(tmp_path)
+    table.register(SiteIdentity(11, "hospital-a", None, "simulation"))
+    head = LedgerHead("ledger-a", 3, "a" * 64)
+    state = StrategyState(
+        rng_state=strategy().state().rng_state,
+        excluded={"hospital-a": "ledger rolled back"},
+        witnesses={"hospital-b": head},
+        examples={"hospital-b": 120},
+    )
+    restored = StrategyState.from_json(state.to_json())
+    assert restored == state
+    s = strategy(sites_per_round=0, identities=table)
+    s.restore(restored)
+    assert s.eligible([11, 12, 13]) == [12, 13]
+    assert s.state() == state
+
+
+def test_a_state_written_before_identities_reads_its_exclusions_as_node_ids():
+    old = {"rng_state": list(strategy().state().to_json()["rng_state"]), "excluded": {"5": "refused"}}
+    assert StrategyState.from_json(old).excluded == {"node 5": "refused"}

@@ -48,6 +48,10 @@ def test_ffa_lora_follows_the_strategy_and_cannot_be_set_against_it(strategy):
         ("labels", "a,a", "distinct"),
         ("labels", "a", "at least 2"),
         ("target-epsilon", float("nan"), "finite"),
+        ("max-site-weight", 0, "greater than 0"),
+        ("max-site-weight", 1.5, "less than or equal to 1"),
+        ("max-site-weight", float("nan"), "finite"),
+        ("weighting", "median", "'examples' or 'uniform'"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_flat_key_and_the_rule(key, value, rule):
@@ -76,3 +80,16 @@ def test_the_fingerprint_ignores_only_what_may_change_on_resume():
         assert parse_run_config(changed).fingerprint() == base.fingerprint(), key
     for key, value in (("lora-r", 4), ("batch-size", 8), ("labels", "x,y"), ("strategy", "product")):
         assert parse_run_config({**flat, key: value}).fingerprint() != base.fingerprint(), key
+
+
+def test_robust_weighting_defaults_and_a_cap_no_round_could_meet():
+    config = FederationConfig()
+    assert (config.max_site_weight, config.weighting) == (0.5, "examples")
+    assert parse_run_config({"max-site-weight": 0.25, "min-sites": 4, "weighting": "uniform"}).weighting == "uniform"
+    assert parse_run_config({"min-sites": 1, "max-site-weight": 1}).max_site_weight == 1
+    with pytest.raises(ConfigError, match=r"0\.5 needs at least 2 updates per round, but min-sites is 1"):
+        parse_run_config({"min-sites": 1})
+    with pytest.raises(ConfigError, match=r"raise min-sites to 4 or max-site-weight to 0\.5"):
+        parse_run_config({"max-site-weight": 0.3})
+    for key in ("max-site-weight", "weighting"):  # a resumed run must weight as it did
+        assert key not in RESUMABLE_KEYS and key in config.to_run_config()

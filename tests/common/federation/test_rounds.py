@@ -8,8 +8,18 @@ import pytest
 
 from common.errors import FederationError
 from common.federation.rounds import FederationResult, RoundRecord, SiteResult, Status
+from common.privacy.chain import LedgerHead
 
-TRAINED = SiteResult(1, "site-a", Status.TRAINED, metrics={"epsilon-spent": 1.5}, update_norm=0.3, upload_bytes=10)
+TRAINED = SiteResult(
+    1,
+    "site-a",
+    Status.TRAINED,
+    metrics={"epsilon-spent": 1.5},
+    update_norm=0.3,
+    upload_bytes=10,
+    key_fingerprint="SHA256:abc",
+    ledger_head=LedgerHead("ledger-a", 5, "e" * 64),
+)
 CRASHED = SiteResult(2, "node 2", Status.CRASHED, "no reply before the round timeout")
 
 
@@ -22,6 +32,7 @@ def test_records_round_trip_through_json():
         server_eval={"accuracy": 0.75, "roc_auc": None},
         federated_eval=None,
         seconds=1.5,
+        upload_precision="float32",
     )
     assert RoundRecord.from_json(record.to_json()) == record
     assert record.with_status(Status.CRASHED) == [CRASHED]
@@ -32,6 +43,8 @@ def test_a_record_written_before_the_typed_records_still_reads():
     old_stopped = {"round": 3, "sampled": [1], "sites": [], "train": None, "aggregated": False}
     assert RoundRecord.from_json(old_round_zero) == RoundRecord(0, server_eval={"accuracy": 0.5})
     assert RoundRecord.from_json(old_stopped).aggregated is False
+    old_site = {"node_id": 3, "site_name": "site", "status": "trained"}  # before identities and witnesses
+    assert SiteResult.from_json(old_site) == SiteResult(3, "site", Status.TRAINED)
 
 
 def test_statuses_are_the_strings_on_the_wire():

@@ -30,3 +30,38 @@ def test_flower_simulation_keys_are_ignored_and_unknown_keys_refused(tmp_path: P
 def test_a_bad_limit_is_one_clear_error(tmp_path: Path, limit, message):
     with pytest.raises(ConfigError, match=message):
         parse_site_settings({"data-path": "d", "ledger-path": "l", "max-epsilon": limit})
+
+
+def test_labels_and_released_metrics_round_trip_through_the_node_config(tmp_path: Path):
+    flat = {"data-path": "d", "ledger-path": "l", "labels": "neg, pos,neutral", "release-metrics": "loss,accuracy"}
+    site = parse_site_settings(flat)
+    assert site.labels == ("neg", "pos", "neutral") and site.release_metrics == ("loss", "accuracy")
+    assert site.evaluate and site.data_spec().labels == site.labels
+    assert parse_site_settings(site.to_node_config()) == site
+    silent = parse_site_settings({"data-path": "d", "ledger-path": "l"})
+    assert silent.labels is None and silent.release_metrics == () and not silent.evaluate
+    assert "release-metrics" not in silent.to_node_config() and "labels" not in silent.to_node_config()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(True, ("accuracy", "macro-f1", "loss")), (False, ()), ("true", ("accuracy", "macro-f1", "loss"))],
+)
+def test_the_older_evaluate_key_means_all_metrics_or_none(given, expected):
+    assert parse_site_settings({"data-path": "d", "ledger-path": "l", "evaluate": given}).release_metrics == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"release-metrics": "accuracy,train-loss"}, "distinct names from"),
+        ({"release-metrics": "loss,loss"}, "distinct names from"),
+        ({"evaluate": True, "release-metrics": "loss"}, "give release-metrics only"),
+        ({"evaluate": "sometimes"}, "evaluate must be true or false"),
+        ({"labels": "only"}, "at least 2 distinct"),
+        ({"labels": "a,b,a"}, "at least 2 distinct"),
+    ],
+)
+def test_a_bad_label_set_or_metric_list_is_one_clear_error(values, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_site_settings({"data-path": "d", "ledger-path": "l", **values})

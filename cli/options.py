@@ -48,7 +48,9 @@ NoiseOpt = Annotated[
     float | None,
     typer.Option("--noise-multiplier", help="Fixed noise multiplier sigma (instead of a target --epsilon)."),
 ]
-ClipOpt = Annotated[float, typer.Option("--max-grad-norm", help="Per-example gradient clipping norm C.")]
+ClipOpt = Annotated[
+    float | None, typer.Option("--max-grad-norm", help="Per-example gradient clipping norm C. Default: the recipe's.")
+]
 AccountantOpt = Annotated[
     str, typer.Option("--accountant", help="Privacy accountant: prv (tight, default) or rdp (looser, cheaper).")
 ]
@@ -177,7 +179,7 @@ def privacy_settings(
     epsilon: float | None,
     delta: float,
     noise_multiplier: float | None,
-    max_grad_norm: float,
+    max_grad_norm: float | None,
     accountant: str,
 ) -> PrivacySettings:
     """PrivacySettings from the privacy options; --no-dp must stand alone, and --epsilon defaults to 8."""

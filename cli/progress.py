@@ -6,7 +6,7 @@ from rich.table import Table
 
 from cli.display import fmt
 from common.federation import protocol as p
-from common.federation.rounds import RoundRecord, Status
+from common.federation.rounds import FederationResult, RoundRecord, Status
 
 HEADERS = ("round", "trained", "refused", "rejected", "crashed", "server loss", "server acc", "sites acc", "epsilon")
 
@@ -43,3 +43,11 @@ def round_row(record: RoundRecord) -> tuple[str, ...]:
 def round_line(row: tuple[str, ...]) -> str:
     """One log-friendly line: ``round=1  trained=3  ...``."""
     return "  ".join(f"{h}={v}" for h, v in zip(HEADERS, row, strict=True))
+
+
+def selection_line(result: FederationResult) -> str:
+    """One line: which round's adapter is the run's result (``adapter/``), and why."""
+    kept = result.selected
+    if kept is None:  # a metrics.json written before rounds were selected: the last round's
+        return f"kept the adapter of round {result.completed_rounds} (the last)"
+    return f"kept the adapter of round {kept.round}: {kept.reason}"

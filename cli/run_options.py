@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.options import ClipOpt, DeltaOpt, LoraAlphaOpt, LoraROpt, ModelOpt, PoolingOpt
+from cli.options import DeltaOpt, LoraAlphaOpt, LoraROpt, ModelOpt, PoolingOpt
 from common.federation.config import FederationConfig, parse_run_config
 
 #: The run's defaults, as the config model declares them (``DEFAULTS.training.batch_size`` ...).
@@ -27,9 +27,41 @@ StrategyOpt = Annotated[
 RunEpsilonOpt = Annotated[
     float, typer.Option("--epsilon", help="Target epsilon per site for this run (each site calibrates sigma to it).")
 ]
-LocalEpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local passes per round.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Expected logical batch per site.")]
-LrOpt = Annotated[float, typer.Option("--lr", help="Local learning rate.")]
+LocalEpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local passes per round (0: the recipe's).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Expected logical batch per site (0: the recipe's).")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Local learning rate (0: the recipe's).")]
+RunClipOpt = Annotated[float, typer.Option("--max-grad-norm", help="Per-example clip C (0: the recipe's).")]
+RecipeOpt = Annotated[
+    str,
+    typer.Option(
+        "--recipe",
+        help=(
+            "auto: each site chooses the settings left at 0 (batch, local epochs, lr, clip) from its number of "
+            "examples, epsilon, delta, rounds and the model's size, and logs why; none: every one must be given."
+        ),
+    ),
+]
+LrScheduleOpt = Annotated[
+    str, typer.Option("--lr-schedule", help="constant, linear or cosine decay over all rounds' local steps.")
+]
+WarmupOpt = Annotated[float, typer.Option("--warmup-fraction", help="Share of the steps that warm the lr up.")]
+ClassWeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--class-weights",
+        help=(
+            "none, balanced (from a DP-noised label histogram each site releases and charges to its ledger before "
+            "training) or W1,W2,... (one per label)."
+        ),
+    ),
+]
+StrictDataOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict-data/--lenient-data",
+        help="Refuse (instead of warn about) data the model's tokenizer covers badly or --max-length cuts often.",
+    ),
+]
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Tokens kept per text.")]
 SitesPerRoundOpt = Annotated[
     int, typer.Option("--sites-per-round", help="Sites sampled per round (0 = all that still have budget).")
@@ -61,6 +93,40 @@ WeightingOpt = Annotated[
     typer.Option("--weighting", help="examples (weight updates by each site's num-examples) or uniform (equally)."),
 ]
 
+ServerOptimizerOpt = Annotated[
+    str,
+    typer.Option(
+        "--server-optimizer",
+        help=(
+            "How the server applies the round's aggregate, as a pseudo-gradient (Reddi et al. 2021): sgd (with "
+            "--server-lr 1: plain averaging), momentum, adam or yogi. Post-processing of DP updates: no privacy cost."
+        ),
+    ),
+]
+ServerLrOpt = Annotated[float, typer.Option("--server-lr", help="Server optimiser's learning rate (sgd 1 = FedAvg).")]
+ServerMomentumOpt = Annotated[float, typer.Option("--server-momentum", help="Server momentum (momentum), in [0, 1).")]
+ServerBeta1Opt = Annotated[float, typer.Option("--server-beta1", help="First-moment decay of adam/yogi, in [0, 1).")]
+ServerBeta2Opt = Annotated[float, typer.Option("--server-beta2", help="Second-moment decay of adam/yogi, in [0, 1).")]
+ServerTauOpt = Annotated[
+    float, typer.Option("--server-tau", help="Adaptivity of adam/yogi (added to sqrt(v); Reddi et al.'s tau).")
+]
+SelectMetricOpt = Annotated[
+    str,
+    typer.Option(
+        "--select-metric",
+        help=(
+            "Keep the adapter of the round best by this metric on the server's held-out data (--eval-data): "
+            "accuracy, macro_f1 (highest) or loss (lowest). Server-owned data: no site privacy spent."
+        ),
+    ),
+]
+PatienceOpt = Annotated[
+    int,
+    typer.Option(
+        "--patience",
+        help="Stop after this many rounds without improvement of --select-metric (0: never; needs --eval-data).",
+    ),
+]
 
 #: The options both commands declare: the command's parameter name -> (its option, the run-config key it sets). The
 #: option's flag is the parameter name with dashes (``federated_eval`` -> ``--federated-eval``), which is how errors
@@ -78,7 +144,12 @@ SHARED_OPTIONS: dict[str, tuple[Any, str]] = {
     "max_length": (MaxLengthOpt, "max-length"),
     "lora_r": (LoraROpt, "lora-r"),
     "lora_alpha": (LoraAlphaOpt, "lora-alpha"),
-    "max_grad_norm": (ClipOpt, "max-grad-norm"),
+    "max_grad_norm": (RunClipOpt, "max-grad-norm"),
+    "recipe": (RecipeOpt, "recipe"),
+    "lr_schedule": (LrScheduleOpt, "lr-schedule"),
+    "warmup_fraction": (WarmupOpt, "warmup-fraction"),
+    "class_weights": (ClassWeightsOpt, "class-weights"),
+    "strict_data": (StrictDataOpt, "strict-data"),
     "epsilon": (RunEpsilonOpt, "target-epsilon"),
     "delta": (DeltaOpt, "delta"),
     "max_update_norm": (MaxUpdateNormOpt, "max-update-norm"),
@@ -86,6 +157,14 @@ SHARED_OPTIONS: dict[str, tuple[Any, str]] = {
     "upload_precision": (UploadPrecisionOpt, "upload-precision"),
     "max_site_weight": (MaxSiteWeightOpt, "max-site-weight"),
     "weighting": (WeightingOpt, "weighting"),
+    "server_optimizer": (ServerOptimizerOpt, "server-optimizer"),
+    "server_lr": (ServerLrOpt, "server-lr"),
+    "server_momentum": (ServerMomentumOpt, "server-momentum"),
+    "server_beta1": (ServerBeta1Opt, "server-beta1"),
+    "server_beta2": (ServerBeta2Opt, "server-beta2"),
+    "server_tau": (ServerTauOpt, "server-tau"),
+    "select_metric": (SelectMetricOpt, "select-metric"),
+    "patience": (PatienceOpt, "patience"),
 }
 
 RunOptions = dict[str, Any]

@@ -65,7 +65,7 @@ def start(
     receives the same outputs as `fedtune simulate` (adapter/, metrics.json, privacy_report.json, progress.png,
     checkpoints/); a restarted server resumes from the last checkpoint.
     """
-    from cli.progress import round_line, round_row
+    from cli.progress import round_line, round_row, selection_line
     from server.deploy import ServerLaunch, serve
     from server.identities import SiteKey
 
@@ -108,6 +108,7 @@ def start(
     console.print(f"run {result.run_id}: {result.completed_rounds} of {result.planned_rounds} rounds")
     if result.stop_reason:
         console.print(f"[yellow]{result.stop_reason}[/]")
+    console.print(selection_line(result))
     console.print(f"final adapter: {out / 'adapter'}   privacy report: {out / 'privacy_report.json'}")
     result.raise_for_crashes()
 

@@ -67,7 +67,7 @@ def simulate(
     The run directory receives the final adapter (PEFT format), metrics.json, privacy_report.json, progress.png,
     every site's ledger, and checkpoints. The command fails if any site crashed.
     """
-    from cli.progress import round_line, round_row, round_table
+    from cli.progress import round_line, round_row, round_table, selection_line
     from simulations.simulate import SimulationRequest, prepare, read_sources, run_simulation
 
     out = out or Path("runs") / f"simulate-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -93,6 +93,8 @@ def simulate(
         f"{prepared.config.num_rounds} rounds, target epsilon {prepared.config.target_epsilon:g} per site, "
         f"run directory {out}"
     )
+    for line in prepared.recipe_lines:
+        console.print(line, markup=False)
     table = round_table()
     with console.status("starting the simulation engine (Ray)...") as status:
 
@@ -106,6 +108,7 @@ def simulate(
     console.print(table)
     if result.stop_reason:
         console.print(f"[yellow]{result.stop_reason}[/]")
+    console.print(selection_line(result))
     console.print(f"final adapter: {out / 'adapter'}   privacy report: {out / 'privacy_report.json'}")
     _show_site_errors(prepared.sites.values(), {crash.site.site_name for crash in result.crashes})
     result.raise_for_crashes()

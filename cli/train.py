@@ -14,12 +14,14 @@ from common.model.lora import LoraSettings
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON
 from common.training.config import DEFAULT_DELTA, PrivacySettings, TrainConfig, TrainJob
+from common.training.selection import SelectionSettings
 
 # Option defaults come from the settings models, so the CLI and the library cannot disagree.
 _TRAIN = TrainConfig()
 _LORA = LoraSettings()
 _PRIVACY = PrivacySettings(enabled=False)
 _JOB_FIELDS = TrainJob.model_fields
+_SELECTION = SelectionSettings()
 
 #: Where pydantic locates a problem -> the option the user typed.
 TRAIN_FLAGS = {
@@ -30,6 +32,11 @@ TRAIN_FLAGS = {
     "training.physical_batch_size": "--physical-batch-size",
     "training.learning_rate": "--lr",
     "training.optimizer": "--optimizer",
+    "training.lr_schedule": "--lr-schedule",
+    "training.warmup_fraction": "--warmup-fraction",
+    "training.class_weights": "--class-weights",
+    "selection.metric": "--select-metric",
+    "selection.patience": "--patience",
     "training.max_length": "--max-length",
     "eval_fraction": "--eval-fraction",
     "split_seed": "--split-seed",
@@ -40,7 +47,7 @@ TRAIN_FLAGS = {
 }
 
 if TYPE_CHECKING:
-    from common.privacy.ledger import Reservation
+    from common.training.epochs import BudgetProjection
     from common.training.job import PreparedData, PrivacyPlan
 
 
@@ -62,14 +69,49 @@ def train(
     max_grad_norm: opt.ClipOpt = _PRIVACY.max_grad_norm,
     accountant: opt.AccountantOpt = "prv",
     no_dp: opt.NoDpOpt = False,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = _TRAIN.epochs,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Passes over the training data. Default: the recipe's.")
+    ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Expected logical batch size (Poisson sample rate = batch/N).")
-    ] = _TRAIN.batch_size,
+        int | None,
+        typer.Option("--batch-size", help="Expected logical batch (Poisson sample rate = batch/N). Default: recipe's."),
+    ] = None,
     physical_batch_size: Annotated[
         int, typer.Option("--physical-batch-size", help="Most examples on the device at once (memory bound).")
     ] = _TRAIN.physical_batch_size,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate of the optimizer.")] = _TRAIN.learning_rate,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate of the optimizer. Default: the recipe's.")
+    ] = None,
+    lr_schedule: Annotated[
+        str, typer.Option("--lr-schedule", help="constant, linear or cosine decay over all steps (after warm-up).")
+    ] = _TRAIN.lr_schedule,
+    warmup_fraction: Annotated[
+        float, typer.Option("--warmup-fraction", help="Share of the steps that warm the learning rate up.")
+    ] = _TRAIN.warmup_fraction,
+    class_weights: Annotated[
+        str,
+        typer.Option(
+            "--class-weights",
+            help="none, balanced (from a DP-noised label histogram, charged to the ledger) or W1,W2,... per label.",
+        ),
+    ] = _TRAIN.class_weights,
+    select_metric: Annotated[
+        str,
+        typer.Option(
+            "--select-metric",
+            help="Keep the epoch best by this metric on the evaluation split: accuracy, macro_f1 or loss.",
+        ),
+    ] = _SELECTION.metric,
+    patience: Annotated[
+        int, typer.Option("--patience", help="Stop after this many epochs without improvement (0: never).")
+    ] = _SELECTION.patience,
+    strict_data: Annotated[
+        bool,
+        typer.Option(
+            "--strict-data/--lenient-data",
+            help="Refuse (instead of warn about) data the tokenizer covers badly or --max-length cuts often.",
+        ),
+    ] = False,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd.")] = _TRAIN.optimizer,
     max_length: Annotated[
         int, typer.Option("--max-length", help="Tokens kept per text (longer are cut).")
@@ -118,6 +160,9 @@ def train(
                 "batch_size": batch_size,
                 "physical_batch_size": physical_batch_size,
                 "learning_rate": lr,
+                "lr_schedule": lr_schedule,
+                "warmup_fraction": warmup_fraction,
+                "class_weights": class_weights,
                 "optimizer": optimizer,
                 "max_length": max_length,
             },
@@ -133,16 +178,22 @@ def train(
             "split_seed": split_seed,
             "seed": seed,
             "device": device,
+            "selection": {"metric": select_metric, "patience": patience},
+            "strict_data": strict_data,
         },
         context="option",
         names=TRAIN_FLAGS,
     )
     budget = opt.budget_settings(ledger=ledger, max_epsilon=max_epsilon, signing_key=signing_key)
 
-    def show_plan(prepared: PreparedData, plan: PrivacyPlan, reservation: Reservation) -> None:
+    def show_plan(prepared: PreparedData, plan: PrivacyPlan, projection: BudgetProjection) -> None:
+        console.print(plan.recipe.describe(plan.recipe_inputs))
         rows: list[tuple[str, object]] = [
             ("train examples", len(prepared.train)),
             ("eval examples", len(prepared.eval)),
+            ("epochs", plan.epochs),
+            ("batch size", plan.epoch.batch_size),
+            ("learning rate", plan.training.learning_rate),
             ("steps", plan.steps.steps),
             ("sample rate q", plan.steps.sample_rate),
         ]
@@ -156,8 +207,8 @@ def train(
         else:
             console.print("[bold yellow]warning:[/] training WITHOUT differential privacy (--no-dp)")
         rows += [
-            ("dataset spent before", reservation.epsilon_before),
-            ("dataset spent after (reserved)", reservation.epsilon_after),
+            ("dataset spent before", projection.before),
+            ("dataset spent after (planned)", projection.after),
             ("dataset limit", budget.max_epsilon),
             ("ledger", str(budget.ledger)),
         ]
@@ -173,6 +224,7 @@ def train(
             budget=budget,
             progress=progress,
             on_plan=show_plan,
+            on_warning=lambda line: console.print(f"[bold yellow]warning:[/] {line}"),
         )
     m = result.metrics
     rows: list[tuple[str, object]] = [
@@ -181,13 +233,16 @@ def train(
         ("ROC-AUC", m.roc_auc),
         ("eval loss", m.loss),
         ("epsilon (this run)", result.epsilon),
-        ("dataset epsilon (ledger)", result.reservation.epsilon_after),
+        ("dataset epsilon (ledger)", result.outcome.epsilon_after),
         ("dataset limit", budget.max_epsilon),
         ("delta", result.plan.delta),
         ("noise multiplier sigma", result.plan.dp.noise_multiplier if result.plan.dp else None),
         ("steps", result.outcome.steps),
         ("empty batches", result.outcome.empty_batches),
         ("seconds", result.outcome.seconds),
+        ("kept epoch", f"{result.outcome.kept_epoch} of {len(result.outcome.history)} (by {job.selection.metric})"),
     ]
     console.print(key_value_table("Result", rows))
+    if result.outcome.stop_reason:
+        console.print(result.outcome.stop_reason)
     console.print(f"adapter: {out / 'adapter'}   summary: {out / 'summary.json'}")

@@ -8,8 +8,9 @@ Order is the privacy contract, per round:
 2. the run's labels must equal the site's own label set, names and order (else ``labels-differ``);
 3. if the server witnessed this ledger's head before, the ledger must still contain it (else ``ledger-witness``:
    a rolled-back or forked ledger trains nothing);
-4. choose sigma (once per run, cached in ``Context.state``) so that the run's planned rounds fit both the server's
-   per-run target and the site's lifetime limit, given everything the site's records already spent;
+4. fix the run's plan (once per run, cached in ``Context.state``, :mod:`client.run_plan`): the recipe's settings
+   from public facts, a DP label histogram if class weights are ``balanced``, and sigma so that the run's planned
+   rounds fit both the server's per-run target and the site's lifetime limit, given everything already spent;
 5. reserve the round in the site's ledger: durable BEFORE training, refused (nothing trained) past the limit;
 6. train locally with Opacus DP-SGD, the noise seeded from the site's own seed and the reservation's fresh event
    id (never from anything the server sends); commit in the ledger; only then build the reply;
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message
 
+from client.run_plan import run_plan
 from client.runtime import labels_problem, site_data, site_model
 from client.site import resolve_site
 from common.errors import (
@@ -50,19 +52,19 @@ from common.federation import protocol as p
 from common.federation.config import FederationConfig, parse_run_config
 from common.federation.site import SiteSettings
 from common.model.adapter import load_adapter_state
-from common.privacy.accountant import AccountantName, get_accountant
+from common.model.lora import trainable_parameter_count
+from common.privacy.accountant import get_accountant
 from common.privacy.chain import LedgerHead, is_digest
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import DatasetRef, PrivacyLedger
-from common.training.batches import StepPlan, plan_steps
+from common.privacy.ledger import PrivacyLedger
 from common.training.device import resolve_device
+from common.training.schedule import LrSchedule
 from common.training.trainer import DpSgdParams, train_adapter
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-SIGMA_STATE = "fedtune-sigma"
 #: Longest run id or ledger id a request may carry (both end up in the site's ledger and log).
 MAX_ID_LENGTH = 256
 
@@ -109,13 +111,7 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     data = site_data(site, config, runtime.tokenizer)
     try:
         load_adapter_state(runtime.model, request.global_state)  # rejects unexpected keys, shapes, non-finite values
-        plan = plan_steps(
-            num_examples=len(data.train),
-            batch_size=config.training.batch_size,
-            epochs=config.training.epochs,
-            source=str(site.data_path),
-        )
-    except (ModelError, DataValidationError) as exc:
+    except ModelError as exc:
         return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
 
     ledger = site.budget.open_ledger()
@@ -136,9 +132,24 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     if status.refusal() is not None:  # no round can fit, whatever sigma: refused before calibrating
         return _refuse(message, budget_code, f"site {site.site_name}: {status.refusal()} (ledger {ledger.path})")
     try:
-        sigma = _run_sigma(context, ledger, dataset, site, config, plan, request, accountant)
+        chosen = run_plan(
+            context,
+            ledger=ledger,
+            dataset=dataset,
+            data=data.train,
+            site=site,
+            config=config,
+            run_id=request.run_id,
+            planned_rounds=request.planned_rounds,
+            trainable_parameters=trainable_parameter_count(runtime.model),
+            accountant=accountant,
+        )
+        plan = chosen.plan
         event = DpSgdEvent(
-            noise_multiplier=sigma, sample_rate=plan.sample_rate, steps=plan.steps, max_grad_norm=config.max_grad_norm
+            noise_multiplier=chosen.sigma,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps,
+            max_grad_norm=chosen.max_grad_norm,
         )
         reservation = ledger.reserve(
             dataset=dataset,
@@ -149,19 +160,29 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
             run_id=request.run_id,
             round=request.server_round,
         )
+    except (ConfigError, DataValidationError) as exc:
+        return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
     except BudgetExhaustedError as exc:
         return _refuse(message, budget_code, f"site {site.site_name}, round {request.server_round}: {exc}")
     except PrivacyParameterError as exc:
         return _refuse(message, "bad-parameters", f"site {site.site_name}, round {request.server_round}: {exc}")
 
+    import torch
+
     outcome = train_adapter(
         runtime.model,
         data.train,
-        config=config.training,
+        config=chosen.training,
         plan=plan,
-        dp=DpSgdParams(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm),
+        dp=DpSgdParams(noise_multiplier=chosen.sigma, max_grad_norm=chosen.max_grad_norm),
         device=resolve_device(site.device),
         seed=round_seed(site, reservation.record.seq),
+        # The schedule spans the run's rounds: round r continues where round r-1 left off (a pure function of r).
+        schedule=LrSchedule.over(
+            chosen.training.lr_schedule, plan.steps * chosen.rounds, chosen.training.warmup_fraction
+        ),
+        start_step=(request.server_round - 1) * plan.steps,
+        class_weights=None if chosen.class_weights is None else torch.tensor(chosen.class_weights),
     )
     if outcome.event != event:
         raise RuntimeError(f"trained {outcome.event} but reserved {event}")
@@ -262,44 +283,6 @@ def _refuse(message: Message, reason: str, detail: str) -> Message:
     """A refusal reply carrying only ``reason``; ``detail`` (data, ledger, spend) stays in the site's log."""
     log.warning("refused (%s): %s", reason, detail)
     return p.refusal_reply(message, reason)
-
-
-def _run_sigma(
-    context: Context,
-    ledger: PrivacyLedger,
-    dataset: DatasetRef,
-    site: SiteSettings,
-    config: FederationConfig,
-    plan: StepPlan,
-    request: TrainRequest,
-    accountant: AccountantName,
-) -> float:
-    """The noise multiplier for every round of this run, fixed at the run's first round at this site.
-
-    It is the larger of (a) the sigma that spends at most the run's ``target-epsilon`` over the planned rounds and
-    (b) the sigma that keeps the dataset within the site's own limit given what OTHER runs already spent. (b) depends
-    only on what happened before this run, so a resumed run recomputes the same sigma. Whatever sigma is, the
-    ledger still refuses any round that would pass the limit. The ledger answers both (and refuses a dataset
-    trained without privacy); this function only caches the answer for the run.
-    """
-    cache = context.state.config_records.get(SIGMA_STATE, ConfigRecord())
-    if request.run_id in cache:
-        return float(cache[request.run_id])  # type: ignore[arg-type]
-    sigma = ledger.calibrate(
-        dataset=dataset,
-        limit=site.max_epsilon,
-        run_epsilon=config.target_epsilon,
-        delta=site.delta,
-        sample_rate=plan.sample_rate,
-        steps=plan.steps,
-        rounds=request.planned_rounds,
-        max_grad_norm=config.max_grad_norm,
-        accountant=accountant,
-        run_id=request.run_id,
-    )
-    cache[request.run_id] = sigma
-    context.state.config_records[SIGMA_STATE] = cache
-    return sigma
 
 
 def round_seed(site: SiteSettings, reserve_seq: int) -> int | None:

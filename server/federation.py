@@ -8,9 +8,12 @@ report of every site's reported spend, and the final adapter in PEFT format.
 Per round: the strategy samples eligible sites (never one that refused or was excluded) -> each sampled site gets
 the global adapter, the run's identity (``fedtune-run-id``, ``num-rounds``, ``server-round``), the round's upload
 precision and its witnessed ledger head -> every reply is matched to its request and inspected (crashed, refused,
-rejected or trained; :mod:`server.strategies.base`) -> accepted updates are combined by the strategy -> the new
-adapter is evaluated on the server's held-out data (and, if on, by sites that opted in) -> the round is
-checkpointed (with the strategy's memory: exclusions, witnessed heads, each site's N) and appended to the round log.
+rejected or trained; :mod:`server.strategies.base`) -> accepted updates are combined by the strategy and applied by
+the server optimiser (:mod:`server.optimizers`) -> the new adapter is evaluated on the server's held-out data (and,
+if on, by sites that opted in) and the best round so far tracked (:mod:`server.selection`) -> the round is
+checkpointed (with the strategy's memory: exclusions, witnessed heads, each site's N, the optimiser's buffers; and
+the best round's adapter) and appended to the round log. The run stops early once ``patience`` rounds have not
+improved on the best; its ``adapter/`` is the best round's (the last round's without server-side held-out data).
 
 Sites are named by their authenticated identity, from the run directory's identity table (:mod:`server.identities`).
 """
@@ -35,8 +38,10 @@ from common.federation.rounds import FederationResult, Metrics, RoundRecord, Sta
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.identities import IdentityTable
 from server.model import ServerModel
+from server.optimizers import build_server_optimizer
 from server.report import write_outputs
 from server.round_log import RoundLog
+from server.selection import RoundSelector, check_selection, kept_round
 from server.strategies import STRATEGIES, AdapterStrategy
 from server.strategies.state import StrategyState
 
@@ -61,6 +66,7 @@ def build_strategy(config: FederationConfig, model: ServerModel, global_keys: li
         max_site_weight=config.max_site_weight,
         weighting=config.weighting,
         identities=IdentityTable(Path(config.out_dir)),
+        server_optimizer=build_server_optimizer(config.server_optimizer),
     )
 
 
@@ -95,18 +101,31 @@ def run_federation(
     on_round: RoundCallback | None = None,
 ) -> FederationResult:
     """Run (or resume) the federation described by ``config``; write everything under ``config.out_dir``."""
+    check_selection(config)  # a settings error, before any model is loaded or round runs
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model or ServerModel(config)
     checkpoint = _start_or_resume(out_dir, config, model)
     strategy = build_strategy(config, model, model.adapter_keys)
     strategy.summary()
+    log.info(
+        "server optimiser %s (server-lr %g); the kept adapter: the best round by the server's %s (patience %d)",
+        config.server_optimizer.name,
+        config.server_optimizer.lr,
+        config.selection.metric,
+        config.selection.patience,
+    )
     strategy.restore(checkpoint.strategy)
     round_log = RoundLog(out_dir)
     state = checkpoint.adapter
+    selector = RoundSelector(config.selection, checkpoint.selection)
 
     stop_reason: str | None = None
     for server_round in range(checkpoint.completed_rounds + 1, config.num_rounds + 1):
+        stop_reason = selector.stop_reason(checkpoint.completed_rounds)  # checked first: a resumed run stops too
+        if stop_reason is not None:
+            log.warning(stop_reason)
+            break
         started = time.perf_counter()
         sampled, stop_reason = strategy.sample(grid)
         if stop_reason is not None:
@@ -157,15 +176,19 @@ def run_federation(
             seconds=round(time.perf_counter() - started, 3),
             upload_precision=outcome.upload_precision,
         )
+        selector.observe(server_round, record.server_eval, state)
         checkpoint.history.append(record)
         checkpoint.completed_rounds = server_round
         checkpoint.adapter = state
         checkpoint.strategy = strategy.state()
+        checkpoint.selection = selector.state
         save_checkpoint(out_dir / CHECKPOINT_DIR, checkpoint)
         round_log.append(record)
         if on_round is not None:
             on_round(record)
 
+    selected, kept = kept_round(selector, checkpoint.completed_rounds, state, evaluated=model.can_evaluate)
+    log.info("kept the adapter of round %d: %s", selected.round, selected.reason)
     result = FederationResult(
         run_id=checkpoint.run_id,
         out_dir=out_dir,
@@ -173,8 +196,9 @@ def run_federation(
         planned_rounds=config.num_rounds,
         stop_reason=stop_reason,
         history=tuple(checkpoint.history),
+        selected=selected,
     )
-    model.save(state, out_dir / "adapter")
+    model.save(kept, out_dir / "adapter")
     write_outputs(out_dir, config, result, identities=strategy.known_sites())
     return result
 

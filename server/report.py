@@ -15,7 +15,7 @@ from typing import Any
 
 from common.federation import protocol as p
 from common.federation.config import FederationConfig
-from common.federation.rounds import FederationResult, RoundRecord, head_to_json
+from common.federation.rounds import FederationResult, RoundRecord, Selection, head_to_json
 from common.fileio import atomic_write_json
 from server.identities import Identities
 
@@ -25,13 +25,18 @@ PLOT_FILE = "progress.png"
 
 
 def metrics_document(config: FederationConfig, result: FederationResult) -> dict[str, Any]:
-    """``metrics.json``: the run's settings, how it ended, every crash and every round."""
+    """``metrics.json``: the run's settings, how it ended, the round whose adapter it kept, every crash and round."""
+    selected = result.selected
     return {
         "run_id": result.run_id,
         "config": config.to_run_config(),
         "planned_rounds": result.planned_rounds,
         "completed_rounds": result.completed_rounds,
         "stop_reason": result.stop_reason,
+        "selected_round": selected.round if selected is not None else None,
+        "select_metric": selected.metric if selected is not None else None,
+        "selected_value": selected.value if selected is not None else None,
+        "selection_reason": selected.reason if selected is not None else None,
         "crashes": [{"round": crash.round, **crash.site.to_json()} for crash in result.crashes],
         "rounds": [record.to_json() for record in result.history],
     }
@@ -98,7 +103,7 @@ def write_outputs(
     atomic_write_json(out_dir / METRICS_FILE, metrics_document(config, result))
     report = privacy_report(config, result, identities)
     atomic_write_json(out_dir / PRIVACY_REPORT_FILE, report)
-    plot_progress(out_dir / PLOT_FILE, result.history, report, config)
+    plot_progress(out_dir / PLOT_FILE, result.history, report, config, kept=result.selected)
 
 
 def _accuracy_series(history: tuple[RoundRecord, ...], federated: bool) -> tuple[list[int], list[float]]:
@@ -113,9 +118,14 @@ def _accuracy_series(history: tuple[RoundRecord, ...], federated: bool) -> tuple
 
 
 def plot_progress(
-    path: Path, history: tuple[RoundRecord, ...], report: dict[str, Any], config: FederationConfig
+    path: Path,
+    history: tuple[RoundRecord, ...],
+    report: dict[str, Any],
+    config: FederationConfig,
+    *,
+    kept: Selection | None = None,
 ) -> None:
-    """Accuracy over rounds (server and federated evaluation) beside each site's epsilon over rounds."""
+    """Accuracy over rounds (server and federated evaluation; the kept round marked) beside each site's epsilon."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,6 +137,8 @@ def plot_progress(
         xs, ys = _accuracy_series(history, federated)
         if xs:
             left.plot(xs, ys, marker="o", label=label)
+    if kept is not None and kept.metric is not None:
+        left.axvline(kept.round, color="green", linestyle=":", linewidth=1, label=f"kept (best {kept.metric})")
     left.set_title("Accuracy of the global adapter")
     left.set_xlabel("round")
     left.set_ylabel("accuracy")

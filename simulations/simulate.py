@@ -39,6 +39,7 @@ from common.federation.site import EVALUATE_ALL, SiteSettings
 from common.fileio import atomic_write_bytes, atomic_write_json
 from common.training.batches import plan_steps
 from common.training.config import DEFAULT_EVAL_FRACTION
+from common.training.recipe import MIN_BATCH, RecipeInputs, choose_recipe
 
 SITES_FILE = "sites.json"
 RUN_CONFIG_FILE = "run_config.json"
@@ -93,6 +94,7 @@ class PreparedSimulation:
     config: FederationConfig
     sites: dict[int, SiteSettings]
     sites_file: Path
+    recipe_lines: tuple[str, ...] = ()  # each site's recipe, as the site will choose it (a preview)
 
 
 def _write_jsonl(path: Path, dataset: LabeledTexts) -> Path:
@@ -142,11 +144,12 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
             sites=request.sites,
             spec=PartitionSpec.parse(request.partition),
             seed=config.seed,
-            min_size=config.training.batch_size,
+            min_size=config.training.batch_size or MIN_BATCH,
         )
     if len(site_sets) < config.min_sites:
         raise ConfigError(f"{len(site_sets)} site(s) cannot satisfy min-sites {config.min_sites}")
     sites: dict[int, SiteSettings] = {}
+    lines: list[str] = []
     for index, dataset in enumerate(site_sets):
         directory = out / "sites" / f"site-{index}"
         data_path = request.site_data[index] if request.site_data else directory / "train.jsonl"
@@ -164,12 +167,20 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
             seed=None if request.seed is None else request.seed * 1000 + index,
         )
         train_size = len(dataset) - (round(len(dataset) * site.eval_fraction) if site.evaluate else 0)
-        plan_steps(
+        inputs = RecipeInputs(
             num_examples=train_size,
-            batch_size=config.training.batch_size,
-            epochs=config.training.epochs,
-            source=str(data_path),
+            rounds=config.num_rounds,
+            target_epsilon=config.target_epsilon,
+            delta=site.delta,
+            trainable_parameters=0,
+            federated=True,
         )
+        recipe, training = choose_recipe(inputs, config.training, max_grad_norm=config.max_grad_norm)
+        assert training.batch_size is not None and training.epochs is not None
+        plan_steps(
+            num_examples=train_size, batch_size=training.batch_size, epochs=training.epochs, source=str(data_path)
+        )
+        lines.append(f"{site.site_name}: {recipe.describe(inputs)}")
         sites[index] = site
     if server_eval is not None and config.eval_data:
         _write_jsonl(Path(config.eval_data), server_eval)  # read_sources named the file
@@ -179,7 +190,7 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
     sites_file = out / SITES_FILE
     atomic_write_json(sites_file, {str(k): s.to_node_config() for k, s in sites.items()})
     atomic_write_json(out / RUN_CONFIG_FILE, config.to_run_config())
-    return PreparedSimulation(config=config, sites=sites, sites_file=sites_file)
+    return PreparedSimulation(config=config, sites=sites, sites_file=sites_file, recipe_lines=tuple(lines))
 
 
 def prepare_simulation(request: SimulationRequest, out: Path, settings: Mapping[str, Any]) -> PreparedSimulation:

@@ -1,8 +1,10 @@
 """The federated run's configuration, parsed once from Flower's run config at each app's entry point.
 
 :class:`FederationConfig` composes the settings types the rest of fedtune uses (:class:`LoraSettings`,
-:class:`TrainConfig`): their fields, bounds and defaults are declared there, once, and validated when a run config is
-parsed, so a bad value is one clear line before any process starts instead of a failure mid-run.
+:class:`TrainConfig`, :class:`ServerOptimizerSettings`, :class:`SelectionSettings`): their fields, bounds and
+defaults are declared there, once, and validated when a run config is parsed, so a bad value is one clear line
+before any process starts instead of a failure mid-run. A training setting the run leaves to the recipe (batch
+size, local epochs, learning rate, clip) is 0 in the flat run config and None in the model.
 
 On the wire a run config is flat (Flower: ``str | int | float | bool`` values, kebab-case keys such as ``lora-r``).
 :data:`FLAT_KEYS` maps each flat key that belongs to a composed section to its field; every other key is a top-level
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.data.sample import SAMPLE_LABELS
+from common.federation.server_settings import SelectionSettings, ServerOptimizerSettings
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.model.pooling import Pooling
@@ -43,6 +46,9 @@ Weighting = Literal["examples", "uniform"]
 #: ``lora.ffa``, which is not a setting of its own: FFA-LoRA is on exactly when the strategy is ``ffa``.
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     "local-epochs": ("training", "epochs"),
+    "lr-schedule": ("training", "lr_schedule"),
+    "warmup-fraction": ("training", "warmup_fraction"),
+    "class-weights": ("training", "class_weights"),
     "batch-size": ("training", "batch_size"),
     "physical-batch-size": ("training", "physical_batch_size"),
     "optimizer": ("training", "optimizer"),
@@ -54,11 +60,26 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "lora-alpha": ("lora", "alpha"),
     "lora-dropout": ("lora", "dropout"),
     "lora-targets": ("lora", "target_modules"),
+    "server-optimizer": ("server_optimizer", "name"),
+    "server-lr": ("server_optimizer", "lr"),
+    "server-momentum": ("server_optimizer", "momentum"),
+    "server-beta1": ("server_optimizer", "beta1"),
+    "server-beta2": ("server_optimizer", "beta2"),
+    "server-tau": ("server_optimizer", "tau"),
+    "select-metric": ("selection", "metric"),
+    "patience": ("selection", "patience"),
 }
+#: The composed sections, by field name, and their models.
+SECTIONS: dict[str, type[BaseModel]] = {
+    "training": TrainConfig,
+    "lora": LoraSettings,
+    "server_optimizer": ServerOptimizerSettings,
+    "selection": SelectionSettings,
+}
+#: Settings the recipe chooses when left at 0 in a flat run config (None in the model).
+RECIPE_KEYS = frozenset({"local-epochs", "batch-size", "learning-rate", "max-grad-norm"})
 #: Settings that may change when a run resumes (they do not change what the sites compute).
 RESUMABLE_KEYS = frozenset({"num-rounds", "out-dir", "round-timeout", "eval-data"})
-#: The training settings of a federation, where they differ from a one-shot ``fedtune train`` job: one local pass.
-FEDERATED_TRAINING = TrainConfig(epochs=1)
 
 
 def _kebab(name: str) -> str:
@@ -77,9 +98,12 @@ class FederationConfig(BaseModel):
     num_rounds: int = Field(default=3, ge=1)
     sites_per_round: int = Field(default=0, ge=0)  # 0: every site that still has budget
     min_sites: int = Field(default=2, ge=1)
-    training: TrainConfig = FEDERATED_TRAINING
+    recipe: Literal["auto", "none"] = "auto"  # auto: settings left unset are chosen per site (common/training/recipe)
+    training: TrainConfig = TrainConfig()
     lora: LoraSettings = LoraSettings(ffa=True)
-    max_grad_norm: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    server_optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
+    selection: SelectionSettings = SelectionSettings()
+    max_grad_norm: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # None: the recipe's
     target_epsilon: float = Field(default=DEFAULT_TARGET_EPSILON, gt=0, allow_inf_nan=False)
     delta: float = Field(default=DEFAULT_DELTA, gt=0, lt=1)
     accountant: AccountantName = "prv"
@@ -102,6 +126,7 @@ class FederationConfig(BaseModel):
         description="examples: weight each update by its site's num-examples; uniform: every update equally.",
     )
     federated_evaluation: bool = True
+    strict_data: bool = False  # refuse, instead of warning about, data the model covers badly (data/coverage.py)
     eval_data: str = ""  # server-side held-out file ("" = none)
     out_dir: str = "runs/flwr-local"
     seed: int = 0
@@ -114,25 +139,28 @@ class FederationConfig(BaseModel):
         if not isinstance(data, Mapping):
             return data
         values = dict(data)
-        sections: dict[str, dict[str, Any]] = {"training": {}, "lora": {}}
-        for name in ("training", "lora"):
+        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for name in SECTIONS:
             given = values.pop(name, None)
             if isinstance(given, BaseModel):
-                sections[name] = given.model_dump(exclude_unset=True)  # unset fields keep the federation's defaults
+                sections[name] = given.model_dump(exclude_unset=True)
             elif isinstance(given, Mapping):
                 sections[name] = dict(given)
             elif given is not None:
                 sections[name] = given  # let pydantic report the wrong type
         for key in [k for k in values if k in FLAT_KEYS]:
             section, field = FLAT_KEYS[key]
-            sections[section][field] = values.pop(key)
+            value = values.pop(key)
+            sections[section][field] = None if key in RECIPE_KEYS and value == 0 else value
+        if values.get("max-grad-norm", values.get("max_grad_norm")) == 0:
+            values.pop("max_grad_norm", None)
+            values["max-grad-norm"] = None
         targets = sections["lora"].get("target_modules")
         if isinstance(targets, str):
             sections["lora"]["target_modules"] = tuple(t.strip() for t in targets.split(",") if t.strip()) or None
         strategy = values.get("strategy", cls.model_fields["strategy"].default)
         sections["lora"]["ffa"] = strategy == "ffa"
-        training = {**FEDERATED_TRAINING.model_dump(), **sections["training"]}
-        return {**values, "training": training, "lora": sections["lora"]}
+        return {**values, **sections}
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -162,7 +190,21 @@ class FederationConfig(BaseModel):
                 f"max-site-weight {self.max_site_weight:g} needs at least {needed} updates per round, but min-sites "
                 f"is {self.min_sites}: raise min-sites to {needed} or max-site-weight to {1 / self.min_sites:g}"
             )
+        if self.recipe == "none":
+            unset = [key for key in sorted(RECIPE_KEYS) if self.recipe_choice(key) is None]
+            if unset:
+                raise ValueError(
+                    f"recipe none needs every training setting given (non-zero); unset: {', '.join(unset)}"
+                )
         return self
+
+    def recipe_choice(self, key: str) -> float | int | None:
+        """The value of a :data:`RECIPE_KEYS` setting (None: left to the recipe)."""
+        if key == "max-grad-norm":
+            return self.max_grad_norm
+        section, field = FLAT_KEYS[key]
+        value: float | int | None = getattr(getattr(self, section), field)
+        return value
 
     @property
     def upload_dtype(self) -> torch.dtype:
@@ -174,18 +216,26 @@ class FederationConfig(BaseModel):
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """Flat Flower run config (kebab-case keys); ``parse_run_config`` of it gives back this config."""
         flat: dict[str, bool | int | float | str] = {}
-        for key, value in self.model_dump(by_alias=True, exclude={"training", "lora"}).items():
-            flat[key] = ",".join(value) if isinstance(value, tuple | list) else value
-        sections = {"training": self.training.model_dump(), "lora": self.lora.model_dump()}
+        for key, value in self.model_dump(by_alias=True, exclude=set(SECTIONS)).items():
+            flat[key] = _flat(key, value)
+        sections = {name: getattr(self, name).model_dump() for name in SECTIONS}
         for key, (section, field) in FLAT_KEYS.items():
-            value = sections[section][field]
-            flat[key] = ",".join(value) if isinstance(value, tuple) else ("" if value is None else value)
+            flat[key] = _flat(key, sections[section][field])
         return flat
 
     def fingerprint(self) -> str:
         """sha256 of the settings that must not change when a run resumes from a checkpoint."""
         stable = {k: v for k, v in self.to_run_config().items() if k not in RESUMABLE_KEYS}
         return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()
+
+
+def _flat(key: str, value: Any) -> bool | int | float | str:
+    """A run-config value: tuples comma-joined, a recipe's choice (None) as 0, other None as ""."""
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return 0 if key in RECIPE_KEYS else ""
+    return value
 
 
 def _location_names() -> dict[str, str]:

@@ -158,8 +158,22 @@ class Crash:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """The round whose global adapter is the run's result (``adapter/``), and why.
+
+    ``metric`` and ``value``: the server-side metric it was the best by (``select-metric``), None when it was not
+    selected by one (no server-side held-out data: the last round's adapter). ``reason`` says so in words.
+    """
+
+    round: int
+    metric: str | None = None
+    value: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class FederationResult:
-    """How a run ended and where its outputs are."""
+    """How a run ended, which round's adapter it kept (``selected``), and where its outputs are."""
 
     run_id: str
     out_dir: Path
@@ -167,6 +181,7 @@ class FederationResult:
     planned_rounds: int
     stop_reason: str | None
     history: tuple[RoundRecord, ...] = ()
+    selected: Selection | None = None
 
     @property
     def crashes(self) -> list[Crash]:
@@ -190,6 +205,7 @@ class FederationResult:
     @classmethod
     def from_metrics(cls, document: Mapping[str, Any], out_dir: Path) -> FederationResult:
         """The result recorded in a run's ``metrics.json`` (see :func:`server.report.metrics_document`)."""
+        selected = document.get("selected_round")
         return cls(
             run_id=str(document["run_id"]),
             out_dir=out_dir,
@@ -197,4 +213,12 @@ class FederationResult:
             planned_rounds=int(document["planned_rounds"]),
             stop_reason=document.get("stop_reason"),
             history=tuple(RoundRecord.from_json(record) for record in document.get("rounds", [])),
+            selected=Selection(
+                round=int(selected),
+                metric=document.get("select_metric"),
+                value=document.get("selected_value"),
+                reason=str(document.get("selection_reason") or ""),
+            )
+            if selected is not None
+            else None,
         )

@@ -7,6 +7,8 @@ trusts a stored number. A report built without verification says so (``verified:
   to it and the epsilon of its MOST EXPOSED record, i.e. composed with every other event that touched any of its
   records. For a legacy dataset not attributed to its records, ``own_epsilon`` is what its own events alone cost
   (the figure legacy ledgers reported); its events are charged to every record.
+* **Purpose**: an event that released a noisy label histogram rather than trained (``purpose`` in the ledger,
+  :mod:`common.privacy.histogram`) is listed in ``label_histogram_events``; JSON rows carry ``purpose``.
 * **Per exposure class**: records sharing the same history (:mod:`common.privacy.exposure`), with their epsilon.
 * **Witnesses** (``--witness privacy_report.json``): every head a server witnessed for this ledger must still be in
   it; a ledger rolled back or replaced behind a witness fails (:mod:`common.privacy.witnesses`).
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from common.errors import LedgerCorruptError
 from common.privacy.exposure import Charge, ExposureClass, charges, epsilon_of, most_exposed, partition
 from common.privacy.ledger import PrivacyLedger
-from common.privacy.records import ReserveRecord
+from common.privacy.records import LABEL_HISTOGRAM, ReserveRecord
 from common.privacy.storage import LedgerSnapshot, read_unverified
 from common.privacy.witnesses import Witness
 
@@ -74,6 +76,8 @@ class DatasetAudit:
     first_event_at: str
     last_event_at: str
     event_rows: list[EventRow] = field(default_factory=list)
+    #: Event ids (of ``event_rows``) that released a noisy label histogram instead of training.
+    label_histogram_events: list[str] = field(default_factory=list)
     #: (event number on the dataset, its most exposed record's epsilon after it); only when a plot is requested.
     history: list[tuple[int, float]] = field(default_factory=list)
 
@@ -116,7 +120,11 @@ class LedgerAudit:
         for dataset in payload["datasets"]:
             for key in ("epsilon", "own_epsilon", "remaining"):
                 dataset[key] = _finite_or_none(dataset[key])
-            dataset["events_detail"] = dataset.pop("event_rows")
+            histograms = set(dataset.pop("label_histogram_events"))
+            dataset["events_detail"] = [
+                {**row, "purpose": LABEL_HISTOGRAM if row["event_id"] in histograms else "train"}
+                for row in dataset.pop("event_rows")
+            ]
             dataset["history"] = [{"event": n, "epsilon": _finite_or_none(e)} for n, e in dataset["history"]]
         for exposure in payload["classes"]:
             exposure["epsilon"] = _finite_or_none(exposure["epsilon"])
@@ -198,6 +206,7 @@ def _dataset_audit(
         first_event_at=first.created_at,
         last_event_at=last.created_at,
         event_rows=[_row(r, snapshot.committed) for r in reservations],
+        label_histogram_events=[r.event_id for r in reservations if r.purpose == LABEL_HISTOGRAM],
         history=_history(classes, delta, accountant) if with_history else [],
     )
 

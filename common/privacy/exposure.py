@@ -25,6 +25,9 @@ from common.privacy.events import DpSgdEvent
 from common.privacy.record_sets import RecordSets
 from common.privacy.records import AnyRecord, AttributeRecord, ReserveRecord
 
+#: Events about to be spent: one, several in order, or none.
+Planned = DpSgdEvent | Sequence[DpSgdEvent] | None
+
 
 @dataclass(frozen=True)
 class Charge:
@@ -41,14 +44,13 @@ class ExposureClass:
     records: int
     events: tuple[ReserveRecord, ...]
 
-    def epsilon(self, *, delta: float, accountant: AccountantName, planned: DpSgdEvent | None = None) -> float:
+    def epsilon(self, *, delta: float, accountant: AccountantName, planned: Planned = None) -> float:
         """Epsilon of these records' history (plus ``planned``), recomputed; infinite after any non-private act."""
         events = [record.dp_event() for record in self.events]
         if any(event is None for event in events):
             return math.inf
         history = [event for event in events if event is not None]
-        if planned is not None:
-            history.append(planned)
+        history.extend([planned] if isinstance(planned, DpSgdEvent) else planned or ())
         return get_accountant(accountant).epsilon(history, delta=delta)
 
     @property
@@ -103,7 +105,7 @@ def most_exposed(
     *,
     delta: float,
     accountant: AccountantName,
-    planned: DpSgdEvent | None = None,
+    planned: Planned = None,
 ) -> tuple[float, ExposureClass | None]:
     """The largest epsilon among ``classes`` (each with ``planned`` added) and its class; (0, None) if none."""
     worst: tuple[float, ExposureClass | None] = (0.0, None)

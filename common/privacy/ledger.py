@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +47,15 @@ from common.privacy.exposure import most_exposed
 from common.privacy.heads import check_contains, extension_proof, ledger_head
 from common.privacy.policy import accounting, budget_status, check_consistent, check_request, describe
 from common.privacy.record_ids import RecordKey, as_set
-from common.privacy.records import NON_PRIVATE, AttributeRecord, CommitRecord, ReserveRecord, timestamp
+from common.privacy.records import (
+    LABEL_HISTOGRAM,
+    NON_PRIVATE,
+    AttributeRecord,
+    CommitRecord,
+    Purpose,
+    ReserveRecord,
+    timestamp,
+)
 from common.privacy.storage import LedgerFile, LedgerSnapshot
 from common.privacy.verification import verified_snapshot
 
@@ -130,6 +138,27 @@ class PrivacyLedger:
         classes = dataset_classes(snapshot, dataset)
         return budget_status(dataset, classes, delta, accountant, limit)
 
+    def projected(
+        self,
+        dataset: DatasetRef,
+        *,
+        events: Sequence[DpSgdEvent] | None,
+        delta: float,
+        accountant: AccountantName = "prv",
+    ) -> tuple[float, float]:
+        """The most exposed record's epsilon now and after ``events`` (None: non-private, infinite); writes nothing.
+
+        What :meth:`reserve` would check, asked before committing to a plan of several reservations.
+        """
+        snapshot = self.snapshot()
+        check_consistent(snapshot, delta, accountant)
+        additions = preceding_records(snapshot, dataset, record_key(self.path, snapshot))
+        classes = dataset_classes(snapshot, dataset, additions)
+        before = most_exposed(classes, delta=delta, accountant=accountant)[0]
+        if events is None:
+            return before, math.inf
+        return before, most_exposed(classes, delta=delta, accountant=accountant, planned=events)[0]
+
     def check_trainable(
         self, dataset: DatasetRef, *, delta: float, accountant: AccountantName = "prv", limit: float | None
     ) -> BudgetStatus:
@@ -161,7 +190,8 @@ class PrivacyLedger:
 
         * ``limit``: the lifetime limit, given what each of the dataset's records spent before (the largest sigma
           over its exposure classes). With ``run_id``, that run's own events are left out: its earlier rounds are
-          part of its plan, so a resumed run recomputes the same sigma.
+          part of its plan, so a resumed run recomputes the same sigma. Its label-histogram releases are not part of
+          the plan: they stay in the prior (the run's histogram is spent before its training is calibrated).
         * ``run_epsilon``: what the run alone may spend (e.g. a server's per-run target), with no prior.
 
         Raises BudgetExhaustedError if records were trained on without privacy, PrivacyParameterError if no sigma
@@ -172,7 +202,9 @@ class PrivacyLedger:
         classes = dataset_classes(snapshot, dataset)
         self._refuse(budget_status(dataset, classes, delta, accountant, None))  # only a non-private history refuses
         # Records with the same history (without this run's events) need the same sigma: calibrate once per history.
-        histories = {tuple(r for r in c.events if r.run_id != run_id) for c in classes} or {()}
+        histories = {
+            tuple(r for r in c.events if r.run_id != run_id or r.purpose == LABEL_HISTOGRAM) for c in classes
+        } or {()}
         sigmas = []
         for history in histories:
             sigmas.append(
@@ -201,10 +233,12 @@ class PrivacyLedger:
         accountant: AccountantName = "prv",
         run_id: str,
         round: int = 0,
+        purpose: Purpose | None = None,
     ) -> Reservation:
         """Check the planned act against the limit for every record and, if it fits, durably record it as spent.
 
         ``event=None`` is a non-private act (infinite epsilon): it only fits an explicit ``limit=None``.
+        ``purpose`` is recorded for auditors (None: training, the field left out of the record).
         Raises BudgetExhaustedError (the ledger unchanged) if the most exposed record would pass ``limit``.
         """
         check_request(dataset, event, delta, limit)
@@ -225,7 +259,7 @@ class PrivacyLedger:
                     f"privacy budget exhausted for dataset {dataset.dataset_id} ({dataset.num_examples} records): "
                     f"its most exposed records have spent epsilon {before:.4g} at delta {delta:g} in {history} "
                     f"event(s); this round ({describe(event)}) would bring them to {cost}, over the limit "
-                    f"{limit:g}. Nothing was trained."
+                    f"{limit:g}. Nothing was {'released' if purpose == LABEL_HISTOGRAM else 'trained'}."
                 )
             mechanism: dict[str, object] = (
                 {"mechanism": NON_PRIVATE} if event is None else {"mechanism": MECHANISM, **event.model_dump()}
@@ -243,6 +277,7 @@ class PrivacyLedger:
                 delta=delta,
                 limit_epsilon=limit,
                 accountant=accountant,
+                purpose=purpose,
                 **mechanism,
             )
             sealed = self._file.append(snapshot, *additions, record)[-1]

@@ -11,7 +11,9 @@ A ledger is a JSON Lines file of immutable records (status changes are new recor
   set, and a dataset that grows costs only what it added.
 * :class:`AttributeRecord`: a legacy event's dataset (by its v1 content fingerprint) was this record set.
 * :class:`ReserveRecord`: a privacy-consuming act about to happen (written BEFORE training), charged to a record
-  set (``record_set``; legacy reserves have none and are charged to every record unless attributed).
+  set (``record_set``; legacy reserves have none and are charged to every record unless attributed). Its optional
+  ``purpose`` says what the act was: training (absent or ``train``) or a noisy label-histogram release
+  (``label-histogram``, :mod:`common.privacy.histogram`).
 * :class:`CommitRecord`: that act finished.
 
 Every record carries ``seq`` (its position), ``prev_hash`` and ``hash`` (:mod:`common.privacy.chain` says how it is
@@ -19,7 +21,8 @@ computed: v1 before the upgrade record, v2 from it on) and optionally a ``signat
 epsilon: spend is recomputed from the mechanisms.
 
 Evolution rules (as dp_accounting's events): record types and fields are never removed and never change meaning; a
-new field is optional and absent from older records, and hashing leaves it out when unset (``chain.V2_FIELDS``).
+new field is optional and absent from older records, and hashing leaves it out when unset (``chain.V2_FIELDS``, or
+the field's own ``exclude_if``, as for ``ReserveRecord.purpose``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from common.privacy.events import MECHANISM, DpSgdEvent
 SCHEMA_V1: Literal["fedtune-ledger/1"] = "fedtune-ledger/1"
 SCHEMA_V2: Literal["fedtune-ledger/2"] = "fedtune-ledger/2"
 NON_PRIVATE = "non-private"
+#: What a reserved act was: DP-SGD training, or a Gaussian-noised label histogram (same mechanism, q = 1, 1 step).
+Purpose = Literal["train", "label-histogram"]
+LABEL_HISTOGRAM: Purpose = "label-histogram"
 _DIGEST = r"^[0-9a-f]{64}$"
 
 
@@ -105,7 +111,8 @@ class ReserveRecord(BaseRecord):
     ``mechanism`` is DP-SGD with Poisson subsampling under add/remove adjacency, described by (noise_multiplier,
     sample_rate, steps, max_grad_norm); or ``non-private`` (infinite epsilon), recorded so that records once trained
     on without privacy can never again look private. ``record_set`` names the records it covers (absent in legacy
-    reserves, whose ``dataset_fingerprint`` is the v1 content fingerprint of the dataset).
+    reserves, whose ``dataset_fingerprint`` is the v1 content fingerprint of the dataset). ``purpose`` (absent:
+    training) tells an auditor what the act released.
     """
 
     type: Literal["reserve"] = "reserve"
@@ -123,6 +130,8 @@ class ReserveRecord(BaseRecord):
     delta: float = Field(gt=0.0, lt=1.0)
     limit_epsilon: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)  # None: no limit
     accountant: Literal["prv", "rdp"]
+    #: None (older records, and training): ``train``. Left out of the stored line and its hash when unset.
+    purpose: Purpose | None = Field(default=None, exclude_if=lambda value: value is None)
 
     def dp_event(self) -> DpSgdEvent | None:
         """The DP-SGD event this record charges, or None for a non-private act (infinite epsilon)."""

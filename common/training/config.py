@@ -12,6 +12,9 @@ from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.model.pooling import Pooling
 from common.privacy.accountant import AccountantName
+from common.training.class_weights import parse_class_weights
+from common.training.schedule import ScheduleKind
+from common.training.selection import SelectionSettings
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 
@@ -32,7 +35,7 @@ class PrivacySettings(BaseModel):
     target_epsilon: float | None = None
     noise_multiplier: float | None = None
     delta: float = Field(default=DEFAULT_DELTA, gt=0.0, lt=1.0, allow_inf_nan=False)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = None  # None: the recipe chooses (common/training/recipe.py)
     accountant: AccountantName = "prv"
 
     # Checked per field (not in the model validator) so that an error names the setting, e.g. '--epsilon'.
@@ -45,8 +48,8 @@ class PrivacySettings(BaseModel):
 
     @field_validator("max_grad_norm")
     @classmethod
-    def _finite_clip(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
+    def _finite_clip(cls, value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError("must be a finite number > 0 (an infinite clip voids the privacy guarantee)")
         return value
 
@@ -61,22 +64,35 @@ class TrainConfig(BaseModel):
     """Optimisation settings: what to train, the same at every site of a federation.
 
     ``batch_size`` is the expected *logical* batch (DP-SGD samples each example with probability ``batch_size / N``);
-    ``physical_batch_size`` bounds what is on the device at once. Where and how reproducibly to run (device, seed)
-    is not part of it: those belong to whoever runs the job (a site never takes them from the server).
+    ``physical_batch_size`` bounds what is on the device at once. ``epochs`` are passes over the data (in a federation:
+    local passes per round). A setting left at None is chosen by the recipe (:mod:`common.training.recipe`) from the
+    data's size and the privacy budget; a value given explicitly is used as it is. Where and how reproducibly to run
+    (device, seed) is not part of it: those belong to whoever runs the job (a site never takes them from the server).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = Field(default=3, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
     physical_batch_size: int = Field(default=32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    # With Adam, the update is invariant to the clip norm's scale once every example is clipped, so the learning
-    # rate is the main knob; 1e-2 learnt best under DP at epsilon 8 in the sweep reported on the foundation issue.
-    learning_rate: float = Field(default=1e-2, gt=0.0, allow_inf_nan=False)
+    learning_rate: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     weight_decay: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     max_length: int = Field(default=64, ge=2, le=8192)
     eval_batch_size: int = Field(default=64, ge=1)
+    lr_schedule: ScheduleKind = "constant"
+    warmup_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
+    class_weights: str = "none"  # none | balanced (from a DP histogram of the labels) | W1,W2,... (one per class)
+
+    @field_validator("class_weights")
+    @classmethod
+    def _class_weights(cls, value: str) -> str:
+        return parse_class_weights(value).text
+
+    def resolved(self, **choices: object) -> TrainConfig:
+        """The config with the recipe's ``choices`` filled in where a setting was left to it (validated)."""
+        chosen = {key: value for key, value in choices.items() if getattr(self, key) is None}
+        return TrainConfig.model_validate({**self.model_dump(), **chosen})
 
 
 class TrainJob(BaseModel):
@@ -94,6 +110,8 @@ class TrainJob(BaseModel):
     split_seed: int = 0
     seed: int | None = None  # initialisation, sampling and noise; None: fresh OS entropy (noise cannot be replayed)
     device: DeviceChoice = "auto"
+    selection: SelectionSettings = SelectionSettings()  # the kept epoch, by the evaluation split; early stopping
+    strict_data: bool = False  # refuse, instead of warning about, data the model covers badly (data/coverage.py)
 
     @field_validator("model", mode="before")
     @classmethod

@@ -8,28 +8,27 @@ can still fail after the reservation is only what no check can foresee (the mach
 
 from __future__ import annotations
 
-import datetime as dt
-import math
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from common import __version__
 from common.data.dataset import LabeledTexts
 from common.data.dedupe import deduplicate
 from common.data.readers import read_labeled_file
 from common.data.sample import sample_dataset
 from common.data.split import train_eval_split
+from common.errors import ConfigError
 from common.fileio import atomic_write_json, remove_created_directories
 from common.privacy.accountant import get_accountant
 from common.privacy.budget import BudgetSettings
 from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.events import DpSgdEvent
-from common.privacy.ledger import Reservation
+from common.privacy.histogram import HISTOGRAM_EPSILON_SHARE, histogram_event, histogram_sigma, release_label_histogram
 from common.training.batches import StepPlan, plan_steps
-from common.training.config import TrainJob
+from common.training.class_weights import ClassWeights, balanced_weights, parse_class_weights
+from common.training.config import TrainConfig, TrainJob
+from common.training.epochs import BudgetProjection, EpochsOutcome, EpochSpend, train_epochs
 from common.training.evaluation import EvalMetrics
 from common.training.preflight import (
     check_ledger_location,
@@ -38,10 +37,9 @@ from common.training.preflight import (
     check_signing_key_file,
 )
 from common.training.progress import ProgressCallback
-from common.training.trainer import DpSgdParams, TrainOutcome
-
-ADAPTER_SUBDIR = "adapter"
-SUMMARY_FILE = "summary.json"
+from common.training.recipe import Recipe, RecipeInputs, choose_recipe
+from common.training.summary import ADAPTER_SUBDIR, SUMMARY_FILE, build_summary
+from common.training.trainer import DpSgdParams
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,33 @@ class PreparedData:
 
 @dataclass(frozen=True)
 class PrivacyPlan:
-    """The concrete privacy of a job, fixed before training: sigma, q, steps, clip, delta (None when non-private)."""
+    """The concrete training and privacy of a job, fixed before training.
 
+    ``training`` is the job's training config with the recipe's choices filled in; ``epoch`` is one pass (each is
+    reserved in the ledger as its own event, so a job stopped early spends only the passes it trained); ``steps``
+    and ``event`` are the whole plan (``epochs`` passes), which must fit the budget before the first pass starts.
+    sigma, q, clip and delta are None for a non-private job.
+    """
+
+    recipe: Recipe
+    recipe_inputs: RecipeInputs
+    training: TrainConfig
+    epochs: int
+    epoch: StepPlan
     steps: StepPlan
     dp: DpSgdParams | None
     delta: float | None
     accountant: str
     planned_epsilon: float | None
     event: DpSgdEvent | None
+    histogram_event: DpSgdEvent | None = None  # the label histogram released first (balanced class weights)
+
+    @property
+    def epoch_event(self) -> DpSgdEvent | None:
+        """The ledger event of one pass."""
+        if self.event is None:
+            return None
+        return self.event.model_copy(update={"steps": self.epoch.steps})
 
 
 @dataclass(frozen=True)
@@ -81,10 +98,9 @@ class JobResult:
 
     out_dir: Path
     plan: PrivacyPlan
-    outcome: TrainOutcome
+    outcome: EpochsOutcome
     metrics: EvalMetrics
     epsilon: float | None
-    reservation: Reservation
     summary: dict[str, Any]
 
 
@@ -103,41 +119,71 @@ def prepare_data(job: TrainJob, train_path: Path | None, eval_path: Path | None)
     return PreparedData(train=train, eval=evaluation, source=source, duplicates=duplicates)
 
 
-def plan_privacy(job: TrainJob, num_examples: int, source: str) -> PrivacyPlan:
-    """Steps, sample rate and (calibrated) noise for training on ``num_examples`` examples."""
-    steps = plan_steps(
-        num_examples=num_examples,
-        batch_size=job.training.batch_size,
-        epochs=job.training.epochs,
-        source=source,
-    )
+def plan_privacy(job: TrainJob, num_examples: int, source: str, *, trainable_parameters: int = 0) -> PrivacyPlan:
+    """The recipe's choices (:mod:`common.training.recipe`), steps, sample rate and calibrated noise for the job."""
     privacy = job.privacy
-    if not privacy.enabled:
+    inputs = RecipeInputs(
+        num_examples=num_examples,
+        rounds=1,
+        target_epsilon=privacy.target_epsilon if privacy.enabled else None,
+        noise_multiplier=privacy.noise_multiplier if privacy.enabled else None,
+        delta=privacy.delta,
+        trainable_parameters=trainable_parameters,
+    )
+    recipe, training = choose_recipe(inputs, job.training, max_grad_norm=privacy.max_grad_norm)
+    assert training.batch_size is not None and training.epochs is not None  # the recipe filled them in
+    epoch = plan_steps(num_examples=num_examples, batch_size=training.batch_size, epochs=1, source=source)
+    steps = replace(epoch, steps=epoch.steps * training.epochs)
+    common: dict[str, Any] = {
+        "recipe": recipe,
+        "recipe_inputs": inputs,
+        "training": training,
+        "epochs": training.epochs,
+        "epoch": epoch,
+        "steps": steps,
+    }
+    if not privacy.enabled or recipe.max_grad_norm is None:
         return PrivacyPlan(
-            steps=steps, dp=None, delta=None, accountant=privacy.accountant, planned_epsilon=None, event=None
+            **common, dp=None, delta=None, accountant=privacy.accountant, planned_epsilon=None, event=None
         )
     accountant = get_accountant(privacy.accountant)
+    histogram = None
+    if parse_class_weights(training.class_weights).mode == "balanced":
+        # The label counts are released first, for a share of the target (or at the training's own sigma).
+        share = HISTOGRAM_EPSILON_SHARE * privacy.target_epsilon if privacy.target_epsilon is not None else None
+        histogram_noise = (
+            histogram_sigma(epsilon=share, delta=privacy.delta, accountant=accountant)
+            if share is not None
+            else privacy.noise_multiplier
+        )
+        assert histogram_noise is not None
+        histogram = histogram_event(histogram_noise)
     sigma = privacy.noise_multiplier
     if sigma is None:
         assert privacy.target_epsilon is not None  # guaranteed by PrivacySettings' validator
         sigma = calibrate_noise_multiplier(
             target_epsilon=privacy.target_epsilon,
             delta=privacy.delta,
-            sample_rate=steps.sample_rate,
+            sample_rate=epoch.sample_rate,
             steps=steps.steps,
-            max_grad_norm=privacy.max_grad_norm,
+            max_grad_norm=recipe.max_grad_norm,
+            prior=[] if histogram is None else [histogram],
             accountant=accountant,
         )
-    dp = DpSgdParams(noise_multiplier=sigma, max_grad_norm=privacy.max_grad_norm)
+    dp = DpSgdParams(noise_multiplier=sigma, max_grad_norm=recipe.max_grad_norm)
     planned = DpSgdEvent(
-        noise_multiplier=sigma,
-        sample_rate=steps.sample_rate,
-        steps=steps.steps,
-        max_grad_norm=privacy.max_grad_norm,
+        noise_multiplier=sigma, sample_rate=epoch.sample_rate, steps=steps.steps, max_grad_norm=recipe.max_grad_norm
     )
-    epsilon = accountant.epsilon([planned], delta=privacy.delta)
+    prior = [] if histogram is None else [histogram]
+    epsilon = accountant.epsilon([*prior, planned], delta=privacy.delta)
     return PrivacyPlan(
-        steps=steps, dp=dp, delta=privacy.delta, accountant=accountant.name, planned_epsilon=epsilon, event=planned
+        **common,
+        dp=dp,
+        delta=privacy.delta,
+        accountant=accountant.name,
+        planned_epsilon=epsilon,
+        event=planned,
+        histogram_event=histogram,
     )
 
 
@@ -149,21 +195,54 @@ def run_train_job(
     out_dir: Path,
     budget: BudgetSettings,
     progress: ProgressCallback | None = None,
-    on_plan: Callable[[PreparedData, PrivacyPlan, Reservation], None] | None = None,
+    on_plan: Callable[[PreparedData, PrivacyPlan, BudgetProjection], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> JobResult:
-    """Validate, plan, reserve budget, train, commit, evaluate, and write ``out_dir/adapter`` and ``summary.json``.
+    """Validate, plan, train pass by pass; write the kept pass's adapter (``out_dir/adapter``) and ``summary.json``.
 
-    Everything that can be checked (output directory, ledger location, signing key, data, options, model) is
-    checked before the budget is reserved; the reservation is durable before the first training step and committed
-    before the adapter is written. ``on_plan(prepared, plan, reservation)`` is called just before training starts.
+    Each pass is reserved, trained, committed and evaluated in turn (:mod:`common.training.epochs`).
+
+    Everything that can be checked (output directory, ledger location, signing key, data, its coverage by the
+    model, options, model) is checked, and the whole plan's spend projected against the limit, before the first
+    pass is reserved; each reservation is durable before its pass's first step and committed before the adapter is
+    written. ``on_plan(prepared, plan, projection)`` is called just before training starts; ``on_warning`` gets
+    each preflight warning (e.g. data the tokenizer covers badly).
     An output directory this call created is removed again if the job fails before writing into it.
     """
     created = check_output_dir(out_dir)
     try:
-        return _run(job, train_path, eval_path, out_dir, budget, progress, on_plan)
+        return _run(job, train_path, eval_path, out_dir, budget, progress, on_plan, on_warning or (lambda _: None))
     except BaseException:
         remove_created_directories(created)
         raise
+
+
+def _class_weights(
+    weights: ClassWeights, prepared: PreparedData, plan: PrivacyPlan, spend: EpochSpend
+) -> tuple[float, ...] | None:
+    """The loss's class weights; ``balanced`` ones from a DP histogram released (and charged) now, when private."""
+    if weights.mode == "explicit":
+        return weights.weights
+    if weights.mode != "balanced":
+        return None
+    labels = prepared.train.labels
+    if plan.histogram_event is None:  # non-private job: its counts are not protected anyway
+        counts = [float(labels.count(k)) for k in range(len(prepared.train.label_names))]
+        return balanced_weights(counts)
+    assert plan.delta is not None
+    histogram, _ = release_label_histogram(
+        spend.ledger,
+        dataset=spend.dataset,
+        labels=labels,
+        num_classes=len(prepared.train.label_names),
+        sigma=plan.histogram_event.noise_multiplier,
+        delta=plan.delta,
+        limit=spend.limit,
+        accountant=spend.accountant,
+        run_id=spend.run_id,
+        round=0,
+    )
+    return balanced_weights(histogram.counts)
 
 
 def _run(
@@ -173,154 +252,75 @@ def _run(
     out_dir: Path,
     budget: BudgetSettings,
     progress: ProgressCallback | None,
-    on_plan: Callable[[PreparedData, PrivacyPlan, Reservation], None] | None,
+    on_plan: Callable[[PreparedData, PrivacyPlan, BudgetProjection], None] | None,
+    on_warning: Callable[[str], None],
 ) -> JobResult:
     import torch
 
+    from common.data.coverage import check_coverage, measure_coverage
     from common.model.adapter import save_adapter
     from common.model.loading import load_base_classifier, load_tokenizer, resolve_base_model
     from common.model.lora import apply_lora, trainable_parameter_count
     from common.training.batches import TokenizedTexts
     from common.training.device import resolve_device
-    from common.training.evaluation import evaluate
-    from common.training.trainer import train_adapter
 
     check_ledger_location(budget.ledger)
     check_signing_key_file(budget.signing_key)
     ledger = budget.open_ledger()
     prepared = prepare_data(job, train_path, eval_path)
-    plan = plan_privacy(job, len(prepared.train), prepared.train.source)
     device = resolve_device(job.device)
     ref = resolve_base_model(job.model)
     tokenizer = load_tokenizer(ref)
+    max_length = job.training.max_length
+    coverage = measure_coverage(prepared.train.texts, tokenizer, max_length=max_length, source=prepared.train.source)
+    for line in check_coverage(coverage, strict=job.strict_data):
+        on_warning(line)
     if job.seed is not None:
         torch.manual_seed(job.seed)  # head and LoRA initialisation
     model = apply_lora(load_base_classifier(ref, prepared.train.label_names, pooling=job.pooling), job.lora)
-    train_data = TokenizedTexts(prepared.train, tokenizer, max_length=job.training.max_length)
-    eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=job.training.max_length)
-    check_model_takes(model, (train_data, eval_data), max_length=job.training.max_length, private=plan.dp is not None)
+    trainable = trainable_parameter_count(model)
+    plan = plan_privacy(job, len(prepared.train), prepared.train.source, trainable_parameters=trainable)
+    train_data = TokenizedTexts(prepared.train, tokenizer, max_length=max_length)
+    eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=max_length)
+    check_model_takes(model, (train_data, eval_data), max_length=max_length, private=plan.dp is not None)
 
     dataset = ledger.dataset(
         prepared.train.texts,
         dataset_id=str(train_path) if train_path is not None else prepared.source.source,
         source=(prepared.source.fingerprint, prepared.source.texts),
     )
-    reservation = ledger.reserve(
-        dataset=dataset,
-        event=plan.event,
-        delta=job.privacy.delta,
-        limit=budget.max_epsilon,
-        accountant=job.privacy.accountant,
-        run_id=str(uuid.uuid4()),
-        round=0,
-    )
+    spend = EpochSpend(ledger, dataset, job.privacy.delta, job.privacy.accountant, budget.max_epsilon)
+    weights = parse_class_weights(job.training.class_weights)
+    if weights.mode == "explicit" and len(weights.weights) != len(prepared.train.label_names):
+        raise ConfigError(
+            f"--class-weights gives {len(weights.weights)} weights for {len(prepared.train.label_names)} labels "
+            f"({', '.join(prepared.train.label_names)}): give one per label, in this order"
+        )
+    histogram = plan.histogram_event
+    # The whole plan (histogram release, then every pass) must fit before anything is reserved.
+    projection = spend.project(None if plan.event is None else [*([histogram] if histogram else []), plan.event])
     if on_plan is not None:
-        on_plan(prepared, plan, reservation)
-    outcome = train_adapter(
+        on_plan(prepared, plan, projection)
+    class_weights = _class_weights(weights, prepared, plan, spend)
+    outcome = train_epochs(
         model,
         train_data,
-        config=job.training,
-        plan=plan.steps,
-        dp=plan.dp,
+        eval_data,
+        plan=plan,
+        spend=spend,
+        job=job,
         device=device,
-        seed=job.seed,
         progress=progress,
+        class_weights=None if class_weights is None else torch.tensor(class_weights),
     )
-    if outcome.event != plan.event:  # the trainer must have done exactly what was reserved
-        raise RuntimeError(f"trained {outcome.event} but reserved {plan.event}")
-    ledger.commit(reservation, examples_seen=outcome.examples_seen, empty_batches=outcome.empty_batches)
-
-    metrics = evaluate(model, eval_data, batch_size=job.training.eval_batch_size, device=device)
-    summary = _summary(
-        job, prepared, plan, outcome, metrics, reservation, budget, ref.name, trainable_parameter_count(model)
-    )
+    summary = build_summary(job, prepared, plan, outcome, budget, ref.name, trainable, coverage)
     save_adapter(model, out_dir / ADAPTER_SUBDIR, base_model_name=ref.name)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return JobResult(
         out_dir=out_dir,
         plan=plan,
         outcome=outcome,
-        metrics=metrics,
-        epsilon=plan.planned_epsilon,
-        reservation=reservation,
+        metrics=outcome.metrics,
+        epsilon=outcome.epsilon_after,
         summary=summary,
     )
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _dataset_entry(dataset: LabeledTexts) -> dict[str, Any]:
-    return {
-        "source": dataset.source,
-        "examples": len(dataset),
-        "label_counts": dataset.label_counts(),
-        "fingerprint": dataset.fingerprint,
-    }
-
-
-def _summary(
-    job: TrainJob,
-    prepared: PreparedData,
-    plan: PrivacyPlan,
-    outcome: TrainOutcome,
-    metrics: EvalMetrics,
-    reservation: Reservation,
-    budget: BudgetSettings,
-    base_model: str,
-    trainable: int,
-) -> dict[str, Any]:
-    event = outcome.event
-    limit = budget.max_epsilon
-    spent = reservation.epsilon_after
-    return {
-        "fedtune_version": __version__,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "base_model": base_model,
-        "adapter_dir": ADAPTER_SUBDIR,
-        "labels": list(prepared.train.label_names),
-        "data": {
-            "source_fingerprint": prepared.source_fingerprint,
-            "duplicates_dropped": prepared.duplicates,
-            "train": _dataset_entry(prepared.train),
-            "eval": _dataset_entry(prepared.eval),
-        },
-        "privacy": {
-            "differentially_private": event is not None,
-            "accountant": plan.accountant if event is not None else None,
-            "epsilon": plan.planned_epsilon,
-            "delta": plan.delta,
-            "target_epsilon": job.privacy.target_epsilon if event is not None else None,
-            "noise_multiplier": event.noise_multiplier if event else None,
-            "sample_rate": event.sample_rate if event else None,
-            "steps": event.steps if event else None,
-            "max_grad_norm": event.max_grad_norm if event else None,
-            "events": [event.model_dump()] if event else [],
-            "ledger": {
-                "path": str(budget.ledger),
-                "event_id": reservation.event_id,
-                "dataset_fingerprint": reservation.record.dataset_fingerprint,
-                "record_set": reservation.record.record_set,
-                # Per record: the most exposed trained record's epsilon, composed over every event on it.
-                "dataset_epsilon_before": _finite(reservation.epsilon_before),
-                "dataset_epsilon_after": _finite(spent),
-                "limit": limit,
-                "remaining": None if limit is None else max(0.0, limit - spent),
-            },
-            "note": "evaluation metrics are computed on held-out data and are not differentially private",
-        },
-        "training": {
-            **job.training.model_dump(),
-            "seed": job.seed,
-            "device": job.device,
-            "steps": outcome.steps,
-            "examples_seen": outcome.examples_seen,
-            "empty_batches": outcome.empty_batches,
-            "seconds": round(outcome.seconds, 3),
-            "final_train_loss": outcome.final_loss,
-        },
-        "lora": job.lora.model_dump(),
-        "trainable_parameters": trainable,
-        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.to_dict().items()},
-    }

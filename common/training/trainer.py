@@ -19,9 +19,9 @@ import math
 import secrets
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,9 +37,14 @@ from common.training.batches import (
 )
 from common.training.config import TrainConfig
 from common.training.progress import ProgressCallback
+from common.training.schedule import LrSchedule
 
 if TYPE_CHECKING:
     from peft import PeftModel
+
+
+#: A loss over a batch: (logits, labels) -> a scalar.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class TrainOutcome:
     empty_batches: int
     seconds: float
     step_losses: list[float] = field(default_factory=list)
+    optimizer_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float | None:
@@ -94,13 +100,25 @@ def train_adapter(
     device: torch.device,
     seed: int | None = None,
     progress: ProgressCallback | None = None,
+    schedule: LrSchedule | None = None,
+    start_step: int = 0,
+    class_weights: torch.Tensor | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Run ``plan.steps`` optimiser steps on ``data`` and return the trained adapter.
 
     ``dp=None`` trains without privacy (fixed-size shuffled batches); otherwise DP-SGD with Poisson sampling at
     ``plan.sample_rate`` and the given sigma and clip. Privacy parameters are keyword-only by design. ``seed`` makes
     sampling, dropout and noise reproducible (experiments only); None draws them from OS entropy.
+
+    ``schedule`` multiplies the learning rate at each step; this call's steps are the schedule's steps
+    ``start_step`` .. ``start_step + plan.steps - 1`` (a run split over rounds or epochs continues where it left
+    off). ``class_weights`` weighs each example's loss by its class (each example's term depends on its own label
+    only, so per-example clipping still bounds one record's contribution). ``optimizer_state`` continues the
+    optimiser's moments from an earlier call (its state is returned in the outcome).
     """
+    if config.learning_rate is None:  # a programming error: jobs resolve the config first (common.training.recipe)
+        raise ValueError("train_adapter needs a learning rate; resolve the config with the recipe first")
     if len(data) != plan.num_examples:
         raise ValueError(f"plan is for {plan.num_examples} examples but the data has {len(data)}")
     if seed is not None:
@@ -111,8 +129,11 @@ def train_adapter(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError("the model has no trainable parameters")
-    optimizer = _base_optimizer(params, config)
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="mean")
+    optimizer = _base_optimizer(params, config.optimizer, config.learning_rate, config.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    loss_fn = _loss(class_weights, device)
+    base_lr = config.learning_rate
 
     batches: Iterator[list[int]]
     grad_sample_module = None
@@ -153,6 +174,9 @@ def train_adapter(
             # Opacus's full backward hooks make torch note that token ids (integer inputs) need no gradient.
             warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
             for logical in batches:
+                factor = schedule.factor(start_step + outcome.steps) if schedule is not None else 1.0
+                for group in optimizer.param_groups:
+                    group["lr"] = base_lr * factor
                 loss = _logical_step(
                     forward_model,
                     data,
@@ -180,6 +204,7 @@ def train_adapter(
         raise RuntimeError(f"took {outcome.steps} steps but planned {plan.steps}")
     outcome.seconds = time.perf_counter() - started
     outcome.adapter = adapter_state(model)
+    outcome.optimizer_state = (dp_optimizer.original_optimizer if dp_optimizer is not None else optimizer).state_dict()
     if dp is not None:
         outcome.event = DpSgdEvent(
             noise_multiplier=dp.noise_multiplier,
@@ -190,10 +215,28 @@ def train_adapter(
     return outcome
 
 
-def _base_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+def _loss(class_weights: torch.Tensor | None, device: torch.device) -> LossFn:
+    """The mean over the batch of each example's cross-entropy, times its class's weight when weights are given.
+
+    Not torch's weighted mean (which divides by the batch's total weight): that would make one example's gradient
+    depend on the other examples' labels, which per-example clipping does not bound.
+    """
+    per_example = torch.nn.CrossEntropyLoss(reduction="none")
+    weights = None if class_weights is None else class_weights.to(device=device, dtype=torch.float32)
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        values = per_example(logits, labels)
+        return (values * weights[labels]).mean() if weights is not None else values.mean()
+
+    return loss
+
+
+def _base_optimizer(
+    params: list[torch.nn.Parameter], name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def _logical_step(
@@ -202,7 +245,7 @@ def _logical_step(
     logical: list[int],
     optimizer: torch.optim.Optimizer,
     dp_optimizer: torch.optim.Optimizer | None,
-    loss_fn: torch.nn.Module,
+    loss_fn: LossFn,
     device: torch.device,
     physical_batch_size: int,
 ) -> float | None:

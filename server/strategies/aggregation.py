@@ -45,20 +45,29 @@ def lora_pairs(keys: Sequence[str]) -> dict[str, tuple[str, str]]:
     return pairs
 
 
-def product_average_refactorised(
+def product_average(
     updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float], a_key: str, b_key: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """New (A, B) of rank r whose product is the best rank-r approximation of sum_k w_k B_k A_k.
+) -> torch.Tensor:
+    """sum_k w_k B_k A_k / sum_k w_k, in float64."""
+    return weighted_mean([u[b_key].double() @ u[a_key].double() for u in updates], weights)
 
-    The truncated SVD M = U S V^T gives B = U_r sqrt(S_r) and A = sqrt(S_r) V_r^T (Eckart-Young): when the average
-    product already has rank <= r (e.g. all sites share A), the result reproduces it exactly.
+
+def refactorise(product: torch.Tensor, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of rank ``rank`` whose product is the best rank-r approximation of ``product``.
+
+    The truncated SVD M = U S V^T gives B = U_r sqrt(S_r) and A = sqrt(S_r) V_r^T (Eckart-Young): when ``product``
+    already has rank <= r (e.g. all sites share A), the result reproduces it exactly.
     """
-    rank = updates[0][a_key].shape[0]
-    products = [u[b_key].double() @ u[a_key].double() for u in updates]
-    average = weighted_mean(products, weights)
-    u_mat, singular, v_t = torch.linalg.svd(average, full_matrices=False)
+    u_mat, singular, v_t = torch.linalg.svd(product.double(), full_matrices=False)
     root = singular[:rank].sqrt()
     new_b = u_mat[:, :rank] * root
     new_a = root[:, None] * v_t[:rank]
-    dtype = updates[0][a_key].dtype
     return new_a.to(dtype), new_b.to(dtype)
+
+
+def product_average_refactorised(
+    updates: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float], a_key: str, b_key: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """New (A, B) of rank r whose product is the best rank-r approximation of sum_k w_k B_k A_k (normalised)."""
+    rank = updates[0][a_key].shape[0]
+    return refactorise(product_average(updates, weights, a_key, b_key), rank, updates[0][a_key].dtype)

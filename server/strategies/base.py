@@ -1,6 +1,7 @@
 """The common machinery of fedtune's strategies: budget-aware sampling, reply matching, admission, bookkeeping.
 
-Subclasses only say which tensors travel (``select_exchanged``) and how accepted updates combine (``combine``).
+Subclasses only say which tensors travel (``select_exchanged``) and how accepted updates combine (``combine``). Any
+strategy may be given a server optimiser (:mod:`server.optimizers`: post-processing of DP updates, no privacy cost).
 
 Two faces, one implementation: fedtune's round loop (:mod:`server.federation`) calls the typed methods
 (:meth:`AdapterStrategy.sample`, :meth:`AdapterStrategy.train_messages`, :meth:`AdapterStrategy.aggregate_round`,
@@ -36,6 +37,7 @@ from common.federation.rounds import SiteResult, Status
 from common.polling import WaitTimeout, wait_until
 from server.identities import Identities, IdentityTable
 from server.inspection import InspectedReply, inspect_train_reply
+from server.optimizers import ServerOptimizer
 from server.replies import match_replies
 from server.strategies.admission import admit, largest_share, over_share, reject_for_share
 from server.strategies.evaluation import combine_evaluations, read_evaluation
@@ -91,6 +93,7 @@ class AdapterStrategy(FedAvg):
         max_site_weight: float = 0.5,
         weighting: Weighting = "examples",
         identities: IdentityTable | None = None,
+        server_optimizer: ServerOptimizer | None = None,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -112,6 +115,7 @@ class AdapterStrategy(FedAvg):
         self.max_site_weight = max_site_weight
         self.weighting: Weighting = weighting
         self.identities = identities
+        self.server_optimizer = server_optimizer  # None: the combined adapter is the new global (FedAvg's step)
         self._rng = random.Random(seed)
         self._state = StrategyState(rng_state=self._rng.getstate())
         self._global: dict[str, torch.Tensor] = {}
@@ -128,6 +132,18 @@ class AdapterStrategy(FedAvg):
     def combine(self, current: Tensors, updates: Sequence[Tensors], weights: Sequence[float]) -> dict[str, Tensor]:
         """The new global adapter (all keys) from the accepted updates (exchanged keys) and their weights."""
 
+    def optimised(self, adapter: Tensors) -> dict[str, Tensor]:
+        """What the server optimiser steps: the exchanged tensors (FFA's frozen A never enter it, so never drift)."""
+        return {key: adapter[key] for key in self.exchanged_keys}
+
+    def aggregate(self, current: Tensors, updates: Sequence[Tensors], weights: Sequence[float]) -> dict[str, Tensor]:
+        """The round's aggregate in the :meth:`optimised` space (the point plain aggregation would move to)."""
+        return self.optimised(self.combine(current, updates, weights))
+
+    def adapter_from(self, current: Tensors, optimised: Tensors) -> dict[str, Tensor]:
+        """The global adapter whose :meth:`optimised` view is ``optimised`` (default: those tensors replaced)."""
+        return {**current, **optimised}
+
     # ------------------------------------------------------------------ state for checkpoints
     def state(self) -> StrategyState:
         """A snapshot of everything that carries over between rounds."""
@@ -136,6 +152,7 @@ class AdapterStrategy(FedAvg):
             excluded=dict(self._state.excluded),
             witnesses=dict(self._state.witnesses),
             examples=dict(self._state.examples),
+            optimizer=self.server_optimizer.state() if self.server_optimizer is not None else None,
         )
 
     def restore(self, state: StrategyState) -> None:
@@ -147,6 +164,8 @@ class AdapterStrategy(FedAvg):
             witnesses=dict(state.witnesses),
             examples=dict(state.examples),
         )
+        if self.server_optimizer is not None:
+            self.server_optimizer.restore(state.optimizer)
 
     # ------------------------------------------------------------------ fedtune's round loop
     def summary(self) -> None:
@@ -243,7 +262,12 @@ class AdapterStrategy(FedAvg):
         if len(accepted) < self.min_sites or largest_share(weights) > self.max_site_weight * (1 + 1e-9):
             return RoundOutcome(adapter=None, sites=sites, upload_precision=precision)
         updates = [v.update for v in accepted if v.update is not None]
-        combined = self.combine(self._global, updates, [weights[v.result.site_name] for v in accepted])
+        shares = [weights[v.result.site_name] for v in accepted]
+        if self.server_optimizer is None:
+            combined = self.combine(self._global, updates, shares)
+        else:  # FedOpt: the aggregate minus the current global is a pseudo-gradient
+            target = self.aggregate(self._global, updates, shares)
+            combined = self.adapter_from(self._global, self.server_optimizer.step(self.optimised(self._global), target))
         metrics = {
             "sites-trained": float(len(accepted)),
             p.NUM_EXAMPLES: float(sum(v.num_examples for v in accepted)),

@@ -68,10 +68,13 @@ def test_values_reach_the_config_and_errors_name_the_option(tmp_path):
     ("parameter", "value", "flag"),
     [
         ("lora_r", 2048, "--lora-r"),  # parsed once with LoraSettings' own bounds, not a looser copy
-        ("batch_size", 0, "--batch-size"),
+        ("batch_size", -1, "--batch-size"),  # 0 is the recipe's choice
         ("lr", float("inf"), "--lr"),
         ("max_length", 1, "--max-length"),
-        ("local_epochs", 0, "--local-epochs"),
+        ("local_epochs", -1, "--local-epochs"),
+        ("server_lr", 0.0, "--server-lr"),
+        ("server_beta2", 1.0, "--server-beta2"),
+        ("patience", -1, "--patience"),
     ],
 )
 def test_composed_settings_are_validated_with_their_own_bounds_and_named_by_the_option(parameter, value, flag):
@@ -82,3 +85,20 @@ def test_composed_settings_are_validated_with_their_own_bounds_and_named_by_the_
 def test_duplicate_labels_from_the_data_are_refused():
     with pytest.raises(ConfigError, match="labels must be distinct"):
         ro.federation_config(run_values(), {"labels": ("no", "no")})
+
+
+def test_server_optimiser_and_selection_options_reach_the_config_and_errors_name_them(tmp_path):
+    config = ro.federation_config(
+        run_values(server_optimizer="yogi", server_lr=0.01, server_beta1=0.8, select_metric="loss", patience=3),
+        {"labels": ("no", "yes"), "out-dir": str(tmp_path)},
+    )
+    assert (config.server_optimizer.name, config.server_optimizer.lr, config.server_optimizer.beta1) == (
+        "yogi",
+        0.01,
+        0.8,
+    )
+    assert (config.selection.metric, config.selection.patience) == ("loss", 3)
+    with pytest.raises(ConfigError, match="option '--server-optimizer'"):
+        ro.federation_config(run_values(server_optimizer="rmsprop"), {"labels": ("no", "yes")})
+    with pytest.raises(ConfigError, match="option '--select-metric'"):
+        ro.federation_config(run_values(select_metric="auc"), {"labels": ("no", "yes")})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common.federation import protocol as p
 from common.federation.config import FederationConfig, parse_run_config
-from common.federation.rounds import FederationResult, SiteResult
+from common.federation.rounds import FederationResult, RoundRecord, SiteResult
 from common.federation.site import SiteSettings
 from common.privacy.chain import GENESIS_HASH, LedgerHead, link
 from common.privacy.events import DpSgdEvent
@@ -174,8 +174,9 @@ def federate(
     model: object = None,
     tamper: Tamper | None = None,
     names: Mapping[int, str] | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
 ) -> FederationResult:
-    """Run ``config`` over stand-in ``sites`` (node id -> site) in process."""
+    """Run ``config`` over stand-in ``sites`` (node id -> site) in process (``on_round`` after each checkpoint)."""
     from server.federation import run_federation
 
     grid = LocalGrid(
@@ -186,7 +187,7 @@ def federate(
         names=names,
         train=dispatch(sites),
     )
-    return run_federation(grid, config, model=model)  # type: ignore[arg-type]
+    return run_federation(grid, config, model=model, on_round=on_round)  # type: ignore[arg-type]
 
 
 def final_adapter(config: FederationConfig) -> dict[str, torch.Tensor]:

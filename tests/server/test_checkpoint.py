@@ -1,7 +1,8 @@
-"""Checkpoints round-trip exactly: adapter bit for bit, strategy state, typed history."""
+"""Checkpoints round-trip exactly: adapter and optimiser buffers bit for bit, strategy and selection state, history."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -11,6 +12,8 @@ from common.errors import FederationError
 from common.federation.rounds import RoundRecord, SiteResult, Status
 from common.privacy.chain import LedgerHead
 from server.checkpoint import STATE_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from server.optimizers import OptimizerState
+from server.selection import SelectionState
 from server.strategies.state import StrategyState
 
 
@@ -72,3 +75,47 @@ def test_no_checkpoint_is_none_and_a_broken_one_is_a_clear_error(tmp_path):
     (tmp_path / STATE_FILE).write_text("{not json")
     with pytest.raises(FederationError, match="move it away"):
         load_checkpoint(tmp_path)
+
+
+def with_optimizer_and_best(rounds: int, best: int) -> Checkpoint:
+    saved = checkpoint(rounds)
+    g = torch.Generator().manual_seed(5)
+    buffers = {f"{b}/a": torch.randn(3, 2, generator=g, dtype=torch.float64) for b in ("m", "v")}
+    saved.strategy.optimizer = OptimizerState("adam", rounds, buffers)
+    best_adapter = {k: v + 1 for k, v in saved.adapter.items()} if best != rounds else saved.adapter
+    saved.selection = SelectionState(best_round=best, best_value=0.75, best_adapter=best_adapter, since_best=1)
+    return saved
+
+
+def identical(a, b):
+    return set(a) == set(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_optimizer_buffers_and_the_best_rounds_adapter_round_trip_bit_for_bit(tmp_path):
+    saved = with_optimizer_and_best(3, best=2)
+    save_checkpoint(tmp_path, saved)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.strategy == saved.strategy  # the optimiser's float64 buffers and step count included
+    assert loaded.strategy.optimizer.tensors["v/a"].dtype == torch.float64
+    assert loaded.selection.to_json() == saved.selection.to_json()
+    assert identical(loaded.selection.best_adapter, saved.selection.best_adapter)
+    names = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert names == ["optimizer-3.safetensors", "round-2.safetensors", "round-3.safetensors"]
+    # A new best in the last round: one adapter file serves both, and older files go.
+    save_checkpoint(tmp_path, with_optimizer_and_best(4, best=4))
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["optimizer-4.safetensors", "round-4.safetensors"]
+    reloaded = load_checkpoint(tmp_path)
+    assert reloaded.selection.best_adapter is reloaded.adapter
+
+
+def test_a_checkpoint_written_before_the_server_optimiser_still_loads(tmp_path):
+    save_checkpoint(tmp_path, checkpoint(1))
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    for key in ("optimizer", "optimizer_tensors", "selection"):
+        del state[key]
+    state["strategy_version"] = 2
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.strategy.optimizer is None  # a fresh optimiser
+    assert loaded.selection == SelectionState()  # no best round yet
+    assert loaded.strategy == checkpoint(1).strategy

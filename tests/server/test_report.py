@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from common.federation.config import FederationConfig
-from common.federation.rounds import FederationResult, RoundRecord, SiteResult, Status
+from common.federation.rounds import FederationResult, RoundRecord, Selection, SiteResult, Status
 from common.privacy.chain import LedgerHead
 from common.privacy.witnesses import read_witnesses
 from server.identities import Identities, SiteIdentity
@@ -27,14 +27,16 @@ def test_reports_follow_the_records(tmp_path: Path):
             2, (1, 2), (spent(1, "a", 2.5, seq=3), SiteResult(2, "b", Status.CRASHED, "boom")), server_eval=None
         ),
     )
-    result = FederationResult("run-9", tmp_path, 2, 3, "stopped early", history)
+    kept = Selection(1, "accuracy", 0.7, "highest accuracy on the server's held-out data (0.7)")
+    result = FederationResult("run-9", tmp_path, 2, 3, "stopped early", history, selected=kept)
     identities = Identities(
         [SiteIdentity(1, "a", "SHA256:a", "enrolled"), SiteIdentity(2, "b", "SHA256:b", "enrolled")]
     )
     write_outputs(tmp_path, FederationConfig(), result, identities=identities)
     metrics = json.loads((tmp_path / METRICS_FILE).read_text())
     assert metrics["crashes"] == [{"round": 2, **history[2].sites[1].to_json()}]
-    assert FederationResult.from_metrics(metrics, tmp_path) == result
+    assert FederationResult.from_metrics(metrics, tmp_path) == result  # the kept round included
+    assert (metrics["selected_round"], metrics["select_metric"], metrics["selected_value"]) == (1, "accuracy", 0.7)
     report = json.loads((tmp_path / PRIVACY_REPORT_FILE).read_text())
     assert [r["epsilon_spent"] for r in report["sites"]["a"]] == [1.0, 2.5]
     assert [r["status"] for r in report["sites"]["b"]] == ["trained", "crashed"]

@@ -16,7 +16,7 @@ def test_round_trip_through_the_flat_run_config_is_exact():
     )
     assert config.labels == ("a", "b", "c")
     assert config.lora == LoraSettings(r=4, target_modules=("query", "value"), ffa=False)
-    assert config.training.batch_size == 16 and config.training.epochs == 1  # a federation's own default
+    assert config.training.batch_size == 16 and config.training.epochs is None  # left to the recipe
     assert parse_run_config(config.to_run_config()) == config
 
 
@@ -39,7 +39,7 @@ def test_ffa_lora_follows_the_strategy_and_cannot_be_set_against_it(strategy):
     ("key", "value", "rule"),
     [
         ("lora-r", 2048, "less than or equal to 1024"),
-        ("batch-size", 0, "greater than or equal to 1"),
+        ("batch-size", -1, "greater than or equal to 1"),
         ("learning-rate", "inf", "finite"),
         ("lora-dropout", 1.0, "less than 1"),
         ("max-length", 100000, "less than or equal to 8192"),
@@ -93,3 +93,14 @@ def test_robust_weighting_defaults_and_a_cap_no_round_could_meet():
         parse_run_config({"max-site-weight": 0.3})
     for key in ("max-site-weight", "weighting"):  # a resumed run must weight as it did
         assert key not in RESUMABLE_KEYS and key in config.to_run_config()
+
+
+def test_zero_leaves_a_training_setting_to_the_recipe_and_recipe_none_needs_them_all():
+    config = parse_run_config({"batch-size": 0, "local-epochs": 0, "learning-rate": 0, "max-grad-norm": 0})
+    assert config.training.batch_size is None and config.training.epochs is None
+    assert config.training.learning_rate is None and config.max_grad_norm is None
+    assert parse_run_config(config.to_run_config()) == config  # None travels as 0 and comes back
+    with pytest.raises(ConfigError, match="recipe none needs every training setting given.*learning-rate"):
+        parse_run_config({"recipe": "none", "batch-size": 32, "local-epochs": 1, "max-grad-norm": 1.0})
+    given = {"recipe": "none", "batch-size": 32, "local-epochs": 1, "learning-rate": 0.01, "max-grad-norm": 1.0}
+    assert parse_run_config(given).training.batch_size == 32

@@ -135,7 +135,7 @@ def test_hooks_are_removed_and_model_can_train_again(tiny_ref, data):
     model = fresh_model(tiny_ref)
     plan = StepPlan(num_examples=64, batch_size=16, sample_rate=0.25, steps=2)
     dp = DpSgdParams(noise_multiplier=1.0, max_grad_norm=1.0)
-    config = TrainConfig()
+    config = TrainConfig(learning_rate=1e-2)
     first = train_adapter(model, data, config=config, plan=plan, dp=dp, device=CPU, seed=1)
     assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
     assert not model._forward_hooks and not any(m._forward_hooks or m._backward_hooks for m in model.modules())
@@ -151,7 +151,7 @@ def test_ffa_leaves_a_untouched(tiny_ref, data):
     outcome = train_adapter(
         model,
         data,
-        config=TrainConfig(),
+        config=TrainConfig(learning_rate=1e-2),
         plan=plan,
         dp=DpSgdParams(noise_multiplier=1.0, max_grad_norm=1.0),
         device=CPU,

@@ -67,7 +67,19 @@ def test_bad_data_gives_one_line_and_writes_nothing(tiny_model_dir, tmp_path, ca
 def test_too_few_examples_for_privacy_settings(tiny_model_dir, tmp_path, capsys):
     rows = [{"text": f"text {i}", "label": i % 2} for i in range(20)]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
-    code = run_cli(["train", "--model", str(tiny_model_dir), "--data", str(data), "--batch-size", "64", "--out", str(tmp_path / "o")])
+    code = run_cli(
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--batch-size",
+            "64",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 65
     assert "too few examples" in capsys.readouterr().err
 

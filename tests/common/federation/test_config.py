@@ -100,7 +100,7 @@ def test_zero_leaves_a_training_setting_to_the_recipe_and_recipe_none_needs_them
     assert config.training.batch_size is None and config.training.epochs is None
     assert config.training.learning_rate is None and config.max_grad_norm is None
     assert parse_run_config(config.to_run_config()) == config  # None travels as 0 and comes back
-    with pytest.raises(ConfigError, match="recipe none needs every training setting given.*learning-rate"):
+    with pytest.raises(ConfigError, match=r"recipe none needs every training setting given.*learning-rate"):
         parse_run_config({"recipe": "none", "batch-size": 32, "local-epochs": 1, "max-grad-norm": 1.0})
     given = {"recipe": "none", "batch-size": 32, "local-epochs": 1, "learning-rate": 0.01, "max-grad-norm": 1.0}
     assert parse_run_config(given).training.batch_size == 32

@@ -17,7 +17,9 @@ from common.training.preflight import (
 
 
 def test_plan_calibrates_epsilon_at_most_target_within_2_percent():
-    job = TrainJob(privacy=PrivacySettings(target_epsilon=3.0, delta=1e-5), training=TrainConfig(batch_size=50, epochs=3))
+    job = TrainJob(
+        privacy=PrivacySettings(target_epsilon=3.0, delta=1e-5), training=TrainConfig(batch_size=50, epochs=3)
+    )
     plan = plan_privacy(job, 2000, "data.jsonl")
     assert plan.steps.sample_rate == pytest.approx(0.025) and plan.steps.steps == 120
     assert plan.dp is not None and plan.planned_epsilon is not None

@@ -53,9 +53,10 @@ SIGMA_FLOOR = 0.9
 MIN_STEPS = 24
 #: Passes per round the recipe will go to in order to reach MIN_STEPS (compute grows with them).
 MAX_EPOCHS = 4
-#: Batch bounds: below MIN_BATCH per-example noise dominates any batch; above MAX_BATCH memory and time do.
+#: Batch bounds: below MIN_BATCH a step's noise dwarfs any signal; above MAX_BATCH a pass has too few steps. (The
+#: logical batch does not bound memory: it is accumulated in physical batches of ``physical_batch_size``.)
 MIN_BATCH = 16
-MAX_BATCH = 1024
+MAX_BATCH = 4096
 #: With a sigma fixed by the user, the share of the data a batch samples (what the rule picks at epsilon ~8).
 FIXED_SIGMA_SAMPLE_RATE = 0.125
 #: A batch never samples more than half the data per step (q <= 0.5): each step must stay a sample.

@@ -70,8 +70,14 @@ LoraTargetsOpt = Annotated[
     ),
 ]
 FfaOpt = Annotated[
-    bool,
-    typer.Option("--ffa", help="FFA-LoRA: freeze the A matrices at initialisation and train only B and the head."),
+    bool | None,
+    typer.Option(
+        "--ffa/--no-ffa",
+        help=(
+            "FFA-LoRA: freeze the A matrices at initialisation and train only B and the head. Default: on with DP "
+            "(half the trainable size, so less noise for the same privacy), off with --no-dp."
+        ),
+    ),
 ]
 TextColumnOpt = Annotated[str, typer.Option("--text-column", help="Column/key holding the text.")]
 LabelColumnOpt = Annotated[str, typer.Option("--label-column", help="Column/key holding the label.")]

@@ -120,7 +120,7 @@ def train(
     lora_alpha: opt.LoraAlphaOpt = _LORA.alpha,
     lora_dropout: opt.LoraDropoutOpt = _LORA.dropout,
     lora_targets: opt.LoraTargetsOpt = None,
-    ffa: opt.FfaOpt = False,
+    ffa: opt.FfaOpt = None,
     text_column: opt.TextColumnOpt = opt.DATA_DEFAULTS.text_column,
     label_column: opt.LabelColumnOpt = opt.DATA_DEFAULTS.label_column,
     labels: opt.LabelsOpt = None,
@@ -154,7 +154,13 @@ def train(
             "model": model,
             "pooling": pooling,
             "data": opt.data_values(fmt=fmt, text_column=text_column, label_column=label_column, labels=labels),
-            "lora": opt.lora_values(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, ffa=ffa),
+            "lora": opt.lora_values(
+                r=lora_r,
+                alpha=lora_alpha,
+                dropout=lora_dropout,
+                targets=lora_targets,
+                ffa=not no_dp if ffa is None else ffa,
+            ),
             "training": {
                 "epochs": epochs,
                 "batch_size": batch_size,

@@ -11,6 +11,8 @@ are chosen at the first round the site takes part in and cached in the ClientApp
   calibrated to the rest of the run's target. The raw counts never leave this module; the noisy ones stay at the
   site. A site process that restarts mid-run releases them again (and pays again): conservative, never leaky.
 * sigma is the larger of what the run's target and the site's own lifetime limit need (:meth:`PrivacyLedger.calibrate`).
+* The data are preflighted against the model's tokenizer (:mod:`common.data.coverage`): a warning in the site's log,
+  or, when the run asks for ``strict-data``, a refusal before anything is spent (refusing can only protect more).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 from flwr.app import ConfigRecord, Context
 
+from common.data.coverage import check_coverage, measure_coverage
 from common.errors import ConfigError
 from common.federation.config import FederationConfig
 from common.federation.site import SiteSettings
@@ -89,6 +92,11 @@ def run_plan(
     cache = context.state.config_records.get(RUN_PLAN_STATE, ConfigRecord())
     if run_id in cache:
         return RunPlan.from_json(str(cache[run_id]))
+    coverage = measure_coverage(
+        data.dataset.texts, data.tokenizer, max_length=config.training.max_length, source=str(site.data_path)
+    )
+    for line in check_coverage(coverage, strict=config.strict_data):  # strict: DataValidationError, nothing spent
+        log.warning("site %s: %s", site.site_name, line)
     inputs = RecipeInputs(
         num_examples=len(data),
         rounds=planned_rounds,

@@ -37,9 +37,9 @@ from common.federation.config import FederationConfig, parse_run_config
 from common.federation.rounds import FederationResult, RoundRecord
 from common.federation.site import EVALUATE_ALL, SiteSettings
 from common.fileio import atomic_write_bytes, atomic_write_json
-from common.training.batches import plan_steps
 from common.training.config import DEFAULT_EVAL_FRACTION
-from common.training.recipe import MIN_BATCH, RecipeInputs, choose_recipe
+from common.training.recipe import MIN_BATCH
+from simulations.preview import coverage_lines, recipe_line
 
 SITES_FILE = "sites.json"
 RUN_CONFIG_FILE = "run_config.json"
@@ -94,7 +94,7 @@ class PreparedSimulation:
     config: FederationConfig
     sites: dict[int, SiteSettings]
     sites_file: Path
-    recipe_lines: tuple[str, ...] = ()  # each site's recipe, as the site will choose it (a preview)
+    recipe_lines: tuple[str, ...] = ()  # each site's recipe and coverage warnings, as the sites will log them
 
 
 def _write_jsonl(path: Path, dataset: LabeledTexts) -> Path:
@@ -167,21 +167,9 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
             seed=None if request.seed is None else request.seed * 1000 + index,
         )
         train_size = len(dataset) - (round(len(dataset) * site.eval_fraction) if site.evaluate else 0)
-        inputs = RecipeInputs(
-            num_examples=train_size,
-            rounds=config.num_rounds,
-            target_epsilon=config.target_epsilon,
-            delta=site.delta,
-            trainable_parameters=0,
-            federated=True,
-        )
-        recipe, training = choose_recipe(inputs, config.training, max_grad_norm=config.max_grad_norm)
-        assert training.batch_size is not None and training.epochs is not None
-        plan_steps(
-            num_examples=train_size, batch_size=training.batch_size, epochs=training.epochs, source=str(data_path)
-        )
-        lines.append(f"{site.site_name}: {recipe.describe(inputs)}")
+        lines.append(recipe_line(site, train_size, config))
         sites[index] = site
+    lines += coverage_lines(sources.site_sets, config)
     if server_eval is not None and config.eval_data:
         _write_jsonl(Path(config.eval_data), server_eval)  # read_sources named the file
     if sources.pooled:

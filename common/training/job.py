@@ -25,6 +25,7 @@ from common.privacy.budget import BudgetSettings
 from common.privacy.calibration import calibrate_noise_multiplier
 from common.privacy.events import DpSgdEvent
 from common.privacy.histogram import HISTOGRAM_EPSILON_SHARE, histogram_event, histogram_sigma, release_label_histogram
+from common.privacy.ledger import Reservation
 from common.training.batches import StepPlan, plan_steps
 from common.training.class_weights import ClassWeights, balanced_weights, parse_class_weights
 from common.training.config import TrainConfig, TrainJob
@@ -219,18 +220,21 @@ def run_train_job(
 
 def _class_weights(
     weights: ClassWeights, prepared: PreparedData, plan: PrivacyPlan, spend: EpochSpend
-) -> tuple[float, ...] | None:
-    """The loss's class weights; ``balanced`` ones from a DP histogram released (and charged) now, when private."""
+) -> tuple[tuple[float, ...] | None, Reservation | None]:
+    """The loss's class weights; ``balanced`` ones from a DP histogram released (and charged) now, when private.
+
+    Also returns the histogram's reservation (None when none was released).
+    """
     if weights.mode == "explicit":
-        return weights.weights
+        return weights.weights, None
     if weights.mode != "balanced":
-        return None
+        return None, None
     labels = prepared.train.labels
     if plan.histogram_event is None:  # non-private job: its counts are not protected anyway
         counts = [float(labels.count(k)) for k in range(len(prepared.train.label_names))]
-        return balanced_weights(counts)
+        return balanced_weights(counts), None
     assert plan.delta is not None
-    histogram, _ = release_label_histogram(
+    histogram, reservation = release_label_histogram(
         spend.ledger,
         dataset=spend.dataset,
         labels=labels,
@@ -242,7 +246,7 @@ def _class_weights(
         run_id=spend.run_id,
         round=0,
     )
-    return balanced_weights(histogram.counts)
+    return balanced_weights(histogram.counts), reservation
 
 
 def _run(
@@ -301,7 +305,7 @@ def _run(
     projection = spend.project(None if plan.event is None else [*([histogram] if histogram else []), plan.event])
     if on_plan is not None:
         on_plan(prepared, plan, projection)
-    class_weights = _class_weights(weights, prepared, plan, spend)
+    class_weights, histogram_reservation = _class_weights(weights, prepared, plan, spend)
     outcome = train_epochs(
         model,
         train_data,
@@ -313,7 +317,9 @@ def _run(
         progress=progress,
         class_weights=None if class_weights is None else torch.tensor(class_weights),
     )
-    summary = build_summary(job, prepared, plan, outcome, budget, ref.name, trainable, coverage)
+    summary = build_summary(
+        job, prepared, plan, outcome, budget, ref.name, trainable, coverage, histogram=histogram_reservation
+    )
     save_adapter(model, out_dir / ADAPTER_SUBDIR, base_model_name=ref.name)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return JobResult(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from common.data.coverage import Coverage
     from common.data.dataset import LabeledTexts
     from common.privacy.budget import BudgetSettings
+    from common.privacy.ledger import Reservation
     from common.training.config import TrainJob
     from common.training.epochs import EpochsOutcome
     from common.training.job import PreparedData, PrivacyPlan
@@ -54,14 +55,17 @@ def build_summary(
     base_model: str,
     trainable: int,
     coverage: Coverage,
+    *,
+    histogram: Reservation | None = None,
 ) -> dict[str, Any]:
-    """The summary as a JSON-ready mapping."""
+    """The summary as a JSON-ready mapping; ``histogram`` is the job's label-histogram reservation, if any."""
     from common.privacy.accountant import get_accountant
 
     private = plan.dp is not None
     limit = budget.max_epsilon
     spent = outcome.epsilon_after
-    first = outcome.reservations[0]
+    reservations = [*([histogram] if histogram is not None else []), *outcome.reservations]
+    first = reservations[0]  # the job's first reservation: its "before" is the spend before the job
     events = [*([plan.histogram_event] if plan.histogram_event is not None else []), *outcome.events]
     epsilon = None
     if plan.delta is not None:
@@ -103,7 +107,7 @@ def build_summary(
             "label_histogram_released": plan.histogram_event is not None,
             "ledger": {
                 "path": str(budget.ledger),
-                "event_ids": [r.event_id for r in outcome.reservations],
+                "event_ids": [r.event_id for r in reservations],
                 "dataset_fingerprint": first.record.dataset_fingerprint,
                 "record_set": first.record.record_set,
                 # Per record: the most exposed trained record's epsilon, composed over every event on it.

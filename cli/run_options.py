@@ -103,7 +103,10 @@ ServerOptimizerOpt = Annotated[
         ),
     ),
 ]
-ServerLrOpt = Annotated[float, typer.Option("--server-lr", help="Server optimiser's learning rate (sgd 1 = FedAvg).")]
+ServerLrOpt = Annotated[
+    float,
+    typer.Option("--server-lr", help="Server optimiser's learning rate (0: 1 for sgd/momentum, 0.01 for adam/yogi)."),
+]
 ServerMomentumOpt = Annotated[float, typer.Option("--server-momentum", help="Server momentum (momentum), in [0, 1).")]
 ServerBeta1Opt = Annotated[float, typer.Option("--server-beta1", help="First-moment decay of adam/yogi, in [0, 1).")]
 ServerBeta2Opt = Annotated[float, typer.Option("--server-beta2", help="Second-moment decay of adam/yogi, in [0, 1).")]

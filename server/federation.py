@@ -111,7 +111,7 @@ def run_federation(
     log.info(
         "server optimiser %s (server-lr %g); the kept adapter: the best round by the server's %s (patience %d)",
         config.server_optimizer.name,
-        config.server_optimizer.lr,
+        config.server_optimizer.learning_rate,
         config.selection.metric,
         config.selection.patience,
     )

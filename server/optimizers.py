@@ -140,7 +140,7 @@ class ServerSgd(ServerOptimizer):
     name = "sgd"
 
     def _new_value(self, key: str, x: Tensor, a: Tensor, d: Tensor) -> Tensor:
-        return a + (self.settings.lr - 1.0) * d
+        return a + (self.settings.learning_rate - 1.0) * d
 
 
 class ServerMomentum(ServerOptimizer):
@@ -152,7 +152,7 @@ class ServerMomentum(ServerOptimizer):
     def _new_value(self, key: str, x: Tensor, a: Tensor, d: Tensor) -> Tensor:
         m = self.settings.momentum * self._buffer("m", key, d) + d
         self._buffers[f"m/{key}"] = m
-        return x + self.settings.lr * m
+        return x + self.settings.learning_rate * m
 
 
 class FedAdam(ServerOptimizer):
@@ -172,7 +172,7 @@ class FedAdam(ServerOptimizer):
         m = s.beta1 * self._buffer("m", key, d) + (1.0 - s.beta1) * d
         v = self._second_moment(self._buffer("v", key, d), d * d)
         self._buffers[f"m/{key}"], self._buffers[f"v/{key}"] = m, v
-        return x + s.lr * m / (v.sqrt() + s.tau)
+        return x + s.learning_rate * m / (v.sqrt() + s.tau)
 
 
 class FedYogi(FedAdam):

@@ -78,6 +78,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
 }
 #: Settings the recipe chooses when left at 0 in a flat run config (None in the model).
 RECIPE_KEYS = frozenset({"local-epochs", "batch-size", "learning-rate", "max-grad-norm"})
+#: Settings whose 0 in a flat run config means "the default for the rest of the settings" (None in the model).
+ZERO_IS_DEFAULT = RECIPE_KEYS | {"server-lr"}
 #: Settings that may change when a run resumes (they do not change what the sites compute).
 RESUMABLE_KEYS = frozenset({"num-rounds", "out-dir", "round-timeout", "eval-data"})
 
@@ -151,7 +153,7 @@ class FederationConfig(BaseModel):
         for key in [k for k in values if k in FLAT_KEYS]:
             section, field = FLAT_KEYS[key]
             value = values.pop(key)
-            sections[section][field] = None if key in RECIPE_KEYS and value == 0 else value
+            sections[section][field] = None if key in ZERO_IS_DEFAULT and value == 0 else value
         if values.get("max-grad-norm", values.get("max_grad_norm")) == 0:
             values.pop("max_grad_norm", None)
             values["max-grad-norm"] = None
@@ -234,7 +236,7 @@ def _flat(key: str, value: Any) -> bool | int | float | str:
     if isinstance(value, tuple | list):
         return ",".join(str(v) for v in value)
     if value is None:
-        return 0 if key in RECIPE_KEYS else ""
+        return 0 if key in ZERO_IS_DEFAULT else ""
     return value
 
 

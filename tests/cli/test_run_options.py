@@ -72,7 +72,7 @@ def test_values_reach_the_config_and_errors_name_the_option(tmp_path):
         ("lr", float("inf"), "--lr"),
         ("max_length", 1, "--max-length"),
         ("local_epochs", -1, "--local-epochs"),
-        ("server_lr", 0.0, "--server-lr"),
+        ("server_lr", -1.0, "--server-lr"),
         ("server_beta2", 1.0, "--server-beta2"),
         ("patience", -1, "--patience"),
     ],

@@ -100,7 +100,7 @@ def test_a_restored_optimiser_continues_bit_for_bit_and_refuses_another_optimise
 @pytest.mark.parametrize("strategy", ["fedavg", "ffa", "product"])
 def test_sgd_with_server_lr_1_is_exactly_todays_aggregation(tiny_model_dir, tmp_path, monkeypatch, strategy):
     composed = run_config(tiny_model_dir, tmp_path / "sgd", strategy=strategy, num_rounds=2)
-    assert (composed.server_optimizer.name, composed.server_optimizer.lr) == ("sgd", 1.0)  # the defaults
+    assert (composed.server_optimizer.name, composed.server_optimizer.learning_rate) == ("sgd", 1.0)  # the defaults
     keys = exchanged_keys(composed)
     federate(composed, stand_ins([1, 2, 3], keys))
     plain = run_config(tiny_model_dir, tmp_path / "plain", strategy=strategy, num_rounds=2)
@@ -161,3 +161,14 @@ def test_adam_state_survives_a_resume_bit_for_bit(tiny_model_dir, tmp_path):
     assert resumed.strategy.optimizer == straight.strategy.optimizer  # m, v (float64) and steps, bit for bit
     assert resumed.strategy.optimizer.steps == 3
     assert identical(resumed.adapter, straight.adapter)
+
+
+def test_server_lr_defaults_per_optimiser_and_zero_in_a_run_config_means_default():
+    from common.federation.config import parse_run_config
+
+    assert parse_run_config({"server-optimizer": "adam"}).server_optimizer.learning_rate == 0.01
+    assert parse_run_config({"server-optimizer": "yogi", "server-lr": 0}).server_optimizer.learning_rate == 0.01
+    assert parse_run_config({"server-optimizer": "momentum"}).server_optimizer.learning_rate == 1.0
+    assert parse_run_config({"server-optimizer": "adam", "server-lr": 0.3}).server_optimizer.learning_rate == 0.3
+    config = parse_run_config({"server-optimizer": "adam"})
+    assert parse_run_config(config.to_run_config()) == config

@@ -189,3 +189,19 @@ def test_no_dp_baseline_needs_an_unlimited_budget_and_is_recorded(tiny_model_dir
     assert run_cli(["audit", str(ledger), "--json"]) == 0
     (dataset,) = json.loads(capsys.readouterr().out)["ledgers"][0]["datasets"]
     assert dataset["non_private"] is True and dataset["epsilon"] is None
+
+
+def test_data_the_tokenizer_does_not_cover_warns_or_with_strict_data_is_refused_before_any_spend(
+    tiny_model_dir, tmp_path, capsys
+):
+    rows = [{"text": "数据隐私保护" * 3 + str(i), "label": i % 2} for i in range(60)]
+    data = write_jsonl(tmp_path / "zh.jsonl", rows)
+    ledger = tmp_path / "ledger.jsonl"
+    common = ["train", "--model", str(tiny_model_dir), "--data", str(data), "--ledger", str(ledger)]
+    code = run_cli([*common, "--strict-data", "--out", str(tmp_path / "strict")])
+    err = capsys.readouterr().err
+    assert code == 65 and "of tokens are unknown" in err and "--strict-data" not in err.split("unknown")[0]
+    assert "nothing was trained or spent" in err
+    assert not ledger.exists() and not (tmp_path / "strict").exists()
+    code = run_cli([*common, "--epochs", "1", "--out", str(tmp_path / "lenient")])
+    assert code == 0 and "warning:" in capsys.readouterr().out

@@ -28,16 +28,11 @@ import torch
 from common.errors import ModelError, PrivacyParameterError
 from common.model.adapter import AdapterState, adapter_state
 from common.privacy.events import DpSgdEvent
-from common.training.batches import (
-    StepPlan,
-    TokenizedTexts,
-    physical_chunks,
-    poisson_batches,
-    shuffled_batches,
-)
+from common.training.batches import StepPlan, poisson_batches, shuffled_batches
 from common.training.config import TrainConfig
 from common.training.progress import ProgressCallback
 from common.training.schedule import LrSchedule
+from common.training.task import ClassificationTask, TrainData, TrainTask
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -92,7 +87,7 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 def train_adapter(
     model: PeftModel,
-    data: TokenizedTexts,
+    data: TrainData,
     *,
     config: TrainConfig,
     plan: StepPlan,
@@ -104,6 +99,7 @@ def train_adapter(
     start_step: int = 0,
     class_weights: torch.Tensor | None = None,
     optimizer_state: dict[str, Any] | None = None,
+    task: TrainTask | None = None,
 ) -> TrainOutcome:
     """Run ``plan.steps`` optimiser steps on ``data`` and return the trained adapter.
 
@@ -115,8 +111,12 @@ def train_adapter(
     ``start_step`` .. ``start_step + plan.steps - 1`` (a run split over rounds or epochs continues where it left
     off). ``class_weights`` weighs each example's loss by its class (each example's term depends on its own label
     only, so per-example clipping still bounds one record's contribution). ``optimizer_state`` continues the
-    optimiser's moments from an earlier call (its state is returned in the outcome).
+    optimiser's moments from an earlier call (its state is returned in the outcome). ``task`` says how chunks are
+    formed and their loss computed (:mod:`common.training.task`); None is sequence classification on ``data``'s
+    labels, the only task ``class_weights`` applies to.
     """
+    if task is not None and class_weights is not None:
+        raise ValueError("class_weights apply to the default classification task only")
     if config.learning_rate is None:  # a programming error: jobs resolve the config first (common.training.recipe)
         raise ValueError("train_adapter needs a learning rate; resolve the config with the recipe first")
     if len(data) != plan.num_examples:
@@ -132,7 +132,8 @@ def train_adapter(
     optimizer = _base_optimizer(params, config.optimizer, config.learning_rate, config.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    loss_fn = _loss(class_weights, device)
+    if task is None:
+        task = ClassificationTask(_loss(class_weights, device))
     base_lr = config.learning_rate
 
     batches: Iterator[list[int]]
@@ -183,7 +184,7 @@ def train_adapter(
                     logical,
                     optimizer,
                     dp_optimizer,
-                    loss_fn,
+                    task,
                     device,
                     config.physical_batch_size,
                 )
@@ -241,22 +242,22 @@ def _base_optimizer(
 
 def _logical_step(
     model: torch.nn.Module,
-    data: TokenizedTexts,
+    data: TrainData,
     logical: list[int],
     optimizer: torch.optim.Optimizer,
     dp_optimizer: torch.optim.Optimizer | None,
-    loss_fn: LossFn,
+    task: TrainTask,
     device: torch.device,
     physical_batch_size: int,
 ) -> float | None:
     """One optimiser step over a logical batch; returns its mean loss (None for an empty batch)."""
-    chunks = physical_chunks(logical, physical_batch_size, data.lengths)
+    chunks = task.chunks(logical, data, physical_batch_size)
     loss_sum = 0.0
     for position, chunk in enumerate(chunks):
         last = position == len(chunks) - 1
         if chunk:
             inputs, labels = data.batch(chunk, device)
-            loss = loss_fn(model(**inputs).logits, labels)
+            loss = task.loss(model, inputs, labels)
             loss_sum += loss.item() * len(chunk)
             if dp_optimizer is None:
                 # Weight each chunk by its share so accumulated gradients are the logical batch's mean.

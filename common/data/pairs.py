@@ -1,0 +1,280 @@
+"""Prompt/response pairs for generative fine-tuning: the dataset, its fingerprint and the file reader.
+
+A file is CSV, TSV or JSON Lines with a prompt and a response column, or (JSON Lines only) a ``messages`` column:
+a list of ``{"role": "system"|"user"|"assistant", "content": str}`` turns whose last turn is the assistant's
+response and whose earlier turns (at least one from the user) are the prompt. The reader shares the labelled
+reader's guarantees (:mod:`common.data.readers`): streaming, bounded lines, one
+:class:`~common.errors.DataValidationError` per problem naming the file, the line and the rule, and the whole file
+checked before a dataset is returned.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.data.dedupe import normalise
+from common.data.files import FileAccessError, open_regular_file
+from common.data.readers import _check_unicode, _decoded_lines, _detect_format, _from_first_content, _universal_lines
+from common.data.spec import DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT, DataFormat, utf8_problem
+from common.data.templates import ROLES, Turn, chat_transcript
+from common.errors import DataValidationError
+
+_FINGERPRINT_VERSION = b"fedtune-pairs-v1"
+ChatTurns = tuple[Turn, ...]
+
+
+@dataclass(frozen=True)
+class PromptResponsePairs:
+    """Prompts with the responses a model should learn to give.
+
+    ``turns[i]`` is None for a plain record, or the chat turns before the response for a chat record; then
+    ``prompts[i]`` is their :func:`~common.data.templates.chat_transcript`. ``turns`` defaults to all plain.
+    Invariants: equal lengths, no blank prompt or response, chat turns non-empty with known roles.
+    """
+
+    prompts: tuple[str, ...]
+    responses: tuple[str, ...]
+    source: str
+    turns: tuple[ChatTurns | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.turns and self.prompts:
+            object.__setattr__(self, "turns", (None,) * len(self.prompts))
+        if not len(self.prompts) == len(self.responses) == len(self.turns):
+            raise ValueError(f"{len(self.prompts)} prompts, {len(self.responses)} responses, {len(self.turns)} turns")
+        for i, (prompt, response, turns) in enumerate(zip(self.prompts, self.responses, self.turns, strict=True)):
+            if not prompt.strip() or not response.strip():
+                raise ValueError(f"record {i} has an empty {'prompt' if not prompt.strip() else 'response'}")
+            if turns is not None and (not turns or any(role not in ROLES for role, _ in turns)):
+                raise ValueError(f"record {i} has no turns or a role outside {ROLES}")
+            if turns is not None and prompt != chat_transcript(turns):
+                raise ValueError(f"record {i}: the prompt of a chat record must be the transcript of its turns")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, indices: Sequence[int], *, source: str | None = None) -> PromptResponsePairs:
+        """The records at ``indices``, in that order."""
+        return PromptResponsePairs(
+            prompts=tuple(self.prompts[i] for i in indices),
+            responses=tuple(self.responses[i] for i in indices),
+            source=source if source is not None else self.source,
+            turns=tuple(self.turns[i] for i in indices),
+        )
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """What each record is identified by in the privacy ledger: prompt, newline, response (what is trained on)."""
+        return tuple(f"{p}\n{r}" for p, r in zip(self.prompts, self.responses, strict=True))
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hex sha256 of the record multiset: invariant to row order and file format, changed by any record.
+
+        A chat record is hashed by its turns (roles and contents), so it never equals a plain record whose prompt
+        happens to read like its transcript: the two are rendered, hence trained, differently.
+        """
+        digests = sorted(
+            _record_digest(p, r, t) for p, r, t in zip(self.prompts, self.responses, self.turns, strict=True)
+        )
+        outer = hashlib.sha256(_FINGERPRINT_VERSION)
+        outer.update(len(digests).to_bytes(8, "big"))
+        for digest in digests:
+            outer.update(digest)
+        return outer.hexdigest()
+
+
+def _record_digest(prompt: str, response: str, turns: ChatTurns | None) -> bytes:
+    key = b"p" + prompt.encode() if turns is None else b"c" + json.dumps(turns, ensure_ascii=False).encode()
+    return hashlib.sha256(len(key).to_bytes(8, "big") + key + b"\x00" + response.encode()).digest()
+
+
+def deduplicate_pairs(pairs: PromptResponsePairs) -> tuple[PromptResponsePairs, int]:
+    """``pairs`` with one record per normalised :attr:`~PromptResponsePairs.texts` (the first), and the drop count.
+
+    Why: see :mod:`common.data.dedupe` (a repeated record costs the privacy of a group).
+    """
+    seen: set[str] = set()
+    keep = []
+    for index, text in enumerate(pairs.texts):
+        key = normalise(text)
+        if key not in seen:
+            seen.add(key)
+            keep.append(index)
+    return (pairs, 0) if len(keep) == len(pairs) else (pairs.subset(keep), len(pairs) - len(keep))
+
+
+class PairSpec(BaseModel):
+    """Frozen description of a prompt/response file's layout (the generative counterpart of ``DataSpec``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: DataFormat = "auto"
+    prompt_column: str = Field(default="prompt", min_length=1)
+    response_column: str = Field(default="response", min_length=1)
+    messages_column: str = Field(default="messages", min_length=1)
+    max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, gt=0, le=MAX_LINE_BYTES_LIMIT)
+
+    @field_validator("prompt_column", "response_column", "messages_column", mode="before")
+    @classmethod
+    def _utf8_column(cls, value: Any) -> Any:
+        problem = utf8_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> PairSpec:
+        columns = (self.prompt_column, self.response_column, self.messages_column)
+        if len(set(columns)) != 3:
+            raise ValueError(f"prompt, response and messages columns must be distinct; got {list(columns)}")
+        return self
+
+
+#: One record as read: (prompt, response, chat turns or None).
+_Record = tuple[str, str, ChatTurns | None]
+
+
+def _bad(where: str, line: int, rule: str) -> DataValidationError:
+    return DataValidationError(rule, path=where, line=line)
+
+
+def read_pairs_file(path: str | Path, spec: PairSpec | None = None) -> PromptResponsePairs:
+    """Read and validate one prompt/response file (see the module docstring for the layouts)."""
+    spec = spec or PairSpec()
+    path = Path(path)
+    where = str(path)
+    try:
+        with open_regular_file(path) as handle:
+            data_format = _detect_format(path, spec.format)
+            lines = _from_first_content(_decoded_lines(handle, where, spec.max_line_bytes), where)
+            if data_format == "jsonl":
+                records = _parse_jsonl(lines, where, spec)
+            else:
+                records = _parse_delimited(lines, where, spec, delimiter="\t" if data_format == "tsv" else ",")
+    except FileAccessError as exc:
+        raise DataValidationError(exc.reason, path=where, line=exc.line) from None
+    if not records:
+        raise DataValidationError("the file holds a header but no records", path=where)
+    prompts, responses, turns = zip(*records, strict=True)
+    return PromptResponsePairs(prompts=prompts, responses=responses, source=where, turns=turns)
+
+
+def _text(value: object, what: str, where: str, line: int, limit: int) -> str:
+    if not isinstance(value, str):
+        raise _bad(where, line, f"{what} must be a string; got {type(value).__name__} {value!r}")
+    if not value.strip():
+        raise _bad(where, line, f"{what} is empty")
+    _check_unicode(value, what, where, line)
+    if len(value.encode()) > limit:
+        raise _bad(where, line, f"{what} is over the limit of {limit:,} bytes")
+    return value
+
+
+def _parse_jsonl(lines: Iterable[str], where: str, spec: PairSpec) -> list[_Record]:
+    records: list[_Record] = []
+    limit = spec.max_line_bytes
+    plain = (spec.prompt_column, spec.response_column)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _bad(where, number, f"not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise _bad(where, number, "not valid JSON: nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise _bad(where, number, f"each line must be a JSON object; got {type(obj).__name__}")
+        has_plain = any(column in obj for column in plain)
+        if has_plain and spec.messages_column in obj:
+            raise _bad(
+                where,
+                number,
+                f"the line has both {spec.messages_column!r} and {spec.prompt_column!r}/{spec.response_column!r}; "
+                "a record is either a chat or a prompt/response pair",
+            )
+        if spec.messages_column in obj:
+            records.append(_chat_record(obj[spec.messages_column], spec.messages_column, where, number, limit))
+            continue
+        missing = [column for column in plain if column not in obj] if has_plain else list(plain)
+        if missing:
+            alternative = "" if has_plain else f", or a {spec.messages_column!r} list for a chat record"
+            raise _bad(
+                where,
+                number,
+                f"missing column {' and '.join(map(repr, missing))}{alternative} (this line has {sorted(obj)})",
+            )
+        prompt = _text(obj[spec.prompt_column], f"column {spec.prompt_column!r}", where, number, limit)
+        response = _text(obj[spec.response_column], f"column {spec.response_column!r}", where, number, limit)
+        records.append((prompt, response, None))
+    return records
+
+
+def _chat_record(messages: object, column: str, where: str, line: int, limit: int) -> _Record:
+    if not isinstance(messages, list) or not messages:
+        got = "an empty list" if isinstance(messages, list) else type(messages).__name__
+        raise _bad(where, line, f"column {column!r} must be a non-empty list of {{'role', 'content'}} turns; got {got}")
+    turns: list[Turn] = []
+    for index, turn in enumerate(messages, start=1):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise _bad(
+                where, line, f"turn {index} of {column!r} must be an object with 'role' and 'content'; got {turn!r}"
+            )
+        role = turn["role"]
+        if role not in ROLES:
+            allowed = ", ".join(map(repr, ROLES))
+            raise _bad(where, line, f"turn {index} has the unknown role {role!r} (allowed: {allowed})")
+        what = "the response (last 'assistant' turn)" if index == len(messages) else f"turn {index} ({role!r})"
+        turns.append((role, _text(turn["content"], what, where, line, limit)))
+    if turns[-1][0] != "assistant":
+        raise _bad(where, line, f"the last turn must be the 'assistant' response; it is {turns[-1][0]!r}")
+    if not any(role == "user" for role, _ in turns[:-1]):
+        raise _bad(where, line, "no 'user' turn before the response: nothing to respond to")
+    prompt_turns = tuple(turns[:-1])
+    return (chat_transcript(prompt_turns), turns[-1][1], prompt_turns)
+
+
+def _parse_delimited(lines: Iterable[str], where: str, spec: PairSpec, *, delimiter: str) -> list[_Record]:
+    # As in common.data.readers: TSV fields are literal (no quoting), a quoted CSV field may span lines.
+    stream = _universal_lines(lines)
+    if delimiter == "\t":
+        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_NONE, strict=True)
+    else:
+        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, strict=True)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except csv.Error as exc:
+        raise _bad(where, 1, f"malformed header: {exc}") from None
+    for column in (spec.prompt_column, spec.response_column):
+        if column not in header:
+            hint = f"; chat {spec.messages_column!r} records need JSON Lines" if spec.messages_column in header else ""
+            raise _bad(where, 1, f"missing column {column!r} in the header (columns found: {header}){hint}")
+    prompt_at, response_at = header.index(spec.prompt_column), header.index(spec.response_column)
+    records: list[_Record] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise _bad(where, reader.line_num, f"malformed row: {exc}") from None
+        number = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(header):
+            raise _bad(where, number, f"row has {len(row)} fields but the header has {len(header)}")
+        limit = spec.max_line_bytes
+        prompt = _text(row[prompt_at], f"column {spec.prompt_column!r}", where, number, limit)
+        response = _text(row[response_at], f"column {spec.response_column!r}", where, number, limit)
+        records.append((prompt, response, None))
+    return records

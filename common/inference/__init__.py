@@ -1,0 +1,1 @@
+"""Using a trained adapter: predictions and generations (``fedtune predict``, ``fedtune generate``)."""

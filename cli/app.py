@@ -53,9 +53,10 @@ def _root(
 
 
 def _register_commands() -> None:
-    from cli import audit, certs, client, sample, server, simulate, train
+    from cli import audit, certs, client, generate, sample, server, simulate, train
 
     app.command("train")(train.train)
+    app.command("generate")(generate.generate)
     app.command("simulate")(simulate.simulate)
     app.add_typer(server.server_app, name="server")
     app.add_typer(client.client_app, name="client")

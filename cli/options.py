@@ -174,7 +174,7 @@ def data_spec(*, fmt: str, text_column: str, label_column: str, labels: str | No
     return parse_settings(DataSpec, values, context="option", names=names)
 
 
-def lora_values(*, r: int, alpha: float, dropout: float, targets: str | None, ffa: bool) -> dict[str, object]:
+def lora_values(*, r: int, alpha: float, dropout: float, targets: str | None, ffa: bool | None) -> dict[str, object]:
     """The LoraSettings fields from the LoRA options."""
     return {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": split_list(targets), "ffa": ffa}
 

@@ -9,11 +9,13 @@ import typer
 
 from cli import options as opt
 from cli.display import console, key_value_table, training_progress
+from cli.train_generate import resolve_task, train_generate
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON
 from common.training.config import DEFAULT_DELTA, PrivacySettings, TrainConfig, TrainJob
+from common.training.generate_config import DEFAULT_GENERATE_MAX_LENGTH
 from common.training.selection import SelectionSettings
 
 # Option defaults come from the settings models, so the CLI and the library cannot disagree.
@@ -96,12 +98,13 @@ def train(
         ),
     ] = _TRAIN.class_weights,
     select_metric: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--select-metric",
-            help="Keep the epoch best by this metric on the evaluation split: accuracy, macro_f1 or loss.",
+            help="Keep the epoch best by this metric on the evaluation split: accuracy, macro_f1 or loss "
+            "(default: accuracy to classify, loss to generate).",
         ),
-    ] = _SELECTION.metric,
+    ] = None,
     patience: Annotated[
         int, typer.Option("--patience", help="Stop after this many epochs without improvement (0: never).")
     ] = _SELECTION.patience,
@@ -114,8 +117,26 @@ def train(
     ] = False,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd.")] = _TRAIN.optimizer,
     max_length: Annotated[
-        int, typer.Option("--max-length", help="Tokens kept per text (longer are cut).")
-    ] = _TRAIN.max_length,
+        int | None,
+        typer.Option("--max-length", help="Tokens kept per example (cut beyond). Default: 64 classify, 256 generate."),
+    ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="classify or generate (instruction -> response SFT of a causal LM). Default: from the model's config.",
+        ),
+    ] = "auto",
+    prompt_column: Annotated[str, typer.Option("--prompt-column", help="generate: column of the prompts.")] = "prompt",
+    response_column: Annotated[
+        str, typer.Option("--response-column", help="generate: column of the responses.")
+    ] = "response",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="generate: most tokens a scored generation may add.")
+    ] = 64,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", help="generate: padded tokens per physical batch (memory bound).")
+    ] = 4096,
     lora_r: opt.LoraROpt = _LORA.r,
     lora_alpha: opt.LoraAlphaOpt = _LORA.alpha,
     lora_dropout: opt.LoraDropoutOpt = _LORA.dropout,
@@ -137,7 +158,7 @@ def train(
     max_epsilon: opt.MaxEpsilonOpt = str(DEFAULT_MAX_EPSILON),
     signing_key: opt.SigningKeyOpt = None,
 ) -> None:
-    """Fine-tune a LoRA adapter on labelled text with DP-SGD and write it in PEFT format.
+    """Fine-tune a LoRA adapter with DP-SGD (labelled text, or prompt/response pairs with --task generate).
 
     Every run is charged to the dataset's entry in the privacy ledger (--ledger): training is refused, before it
     starts, when the dataset's total spend would pass --max-epsilon. Everything is validated before training
@@ -148,6 +169,42 @@ def train(
     from common.training.job import run_train_job
 
     opt.require_utf8({"--data": data, "--eval-data": eval_data, "--ledger": ledger})
+    if resolve_task(task, model) == "generate":
+        values = {
+            "model": model,
+            "data": {"format": fmt, "prompt_column": prompt_column, "response_column": response_column},
+            "lora": opt.lora_values(
+                r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, ffa=bool(ffa)
+            ),
+            "training": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "physical_batch_size": physical_batch_size,
+                "learning_rate": lr,
+                "lr_schedule": lr_schedule,
+                "warmup_fraction": warmup_fraction,
+                "optimizer": optimizer,
+                "max_length": max_length or DEFAULT_GENERATE_MAX_LENGTH,
+            },
+            "privacy": opt.privacy_settings(
+                no_dp=no_dp,
+                epsilon=epsilon,
+                delta=delta,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                accountant=accountant,
+            ),
+            "max_tokens": max_tokens,
+            "max_new_tokens": max_new_tokens,
+            "eval_fraction": eval_fraction,
+            "split_seed": split_seed,
+            "seed": seed,
+            "device": device,
+            "selection": {"metric": select_metric or "loss", "patience": patience},
+        }
+        budget = opt.budget_settings(ledger=ledger, max_epsilon=max_epsilon, signing_key=signing_key)
+        train_generate(values, budget=budget, data=data, eval_data=eval_data, out=out, names=TRAIN_FLAGS)
+        return
     job = parse_settings(
         TrainJob,
         {
@@ -159,7 +216,7 @@ def train(
                 alpha=lora_alpha,
                 dropout=lora_dropout,
                 targets=lora_targets,
-                ffa=not no_dp if ffa is None else ffa,
+                ffa=ffa,
             ),
             "training": {
                 "epochs": epochs,
@@ -170,7 +227,7 @@ def train(
                 "warmup_fraction": warmup_fraction,
                 "class_weights": class_weights,
                 "optimizer": optimizer,
-                "max_length": max_length,
+                "max_length": max_length or _TRAIN.max_length,
             },
             "privacy": opt.privacy_settings(
                 no_dp=no_dp,
@@ -184,7 +241,7 @@ def train(
             "split_seed": split_seed,
             "seed": seed,
             "device": device,
-            "selection": {"metric": select_metric, "patience": patience},
+            "selection": {"metric": select_metric or _SELECTION.metric, "patience": patience},
             "strict_data": strict_data,
         },
         context="option",

@@ -98,22 +98,24 @@ def load_adapter_state(model: PeftModel, state: AdapterState, *, partial: bool =
         raise ModelError(f"peft did not accept adapter tensors: {unexpected[:3]}")
 
 
-def save_adapter(model: PeftModel, directory: Path, *, base_model_name: str) -> Path:
+def save_adapter(
+    model: PeftModel, directory: Path, *, base_model_name: str, task: str = "classify", template: str | None = None
+) -> Path:
     """Write the adapter in standard PEFT format, recording ``base_model_name`` as its base model.
 
-    Beside PEFT's files, ``fedtune_model.json`` records what PEFT does not: the pooling and the label names.
+    Beside PEFT's files, ``fedtune_model.json`` records what PEFT does not: the task, and the pooling and label
+    names (classify) or the prompt template (generate), so that ``fedtune predict``/``generate`` use the adapter as
+    it was trained. A file without ``task`` is a classifier's (written before generation existed).
     """
     directory.mkdir(parents=True, exist_ok=True)
     base_config: Any = model.get_base_model().config
-    atomic_write_json(
-        directory / MODEL_INFO_FILE,
-        {
-            "format": MODEL_INFO_FORMAT,
-            "base_model": base_model_name,
-            "pooling": getattr(base_config, "fedtune_pooling", "cls"),
-            "labels": [base_config.id2label[i] for i in range(base_config.num_labels)],
-        },
-    )
+    info: dict[str, Any] = {"format": MODEL_INFO_FORMAT, "base_model": base_model_name, "task": task}
+    if task == "generate":
+        info["template"] = template
+    else:
+        info["pooling"] = getattr(base_config, "fedtune_pooling", "cls")
+        info["labels"] = [base_config.id2label[i] for i in range(base_config.num_labels)]
+    atomic_write_json(directory / MODEL_INFO_FILE, info)
     config = model.peft_config[_ADAPTER_NAME]
     previous = config.base_model_name_or_path
     config.base_model_name_or_path = base_model_name
@@ -143,6 +145,18 @@ def load_adapter(base: PreTrainedModel, directory: Path) -> PeftModel:
     if getattr(base.config, "fedtune_pooling", "cls") != wanted:
         apply_pooling(base, wanted)
         base.config.fedtune_pooling = wanted
+    try:
+        return PeftModel.from_pretrained(base, str(directory))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{directory}: cannot load the adapter: {exc}") from exc
+
+
+def load_causal_adapter(base: PreTrainedModel, directory: Path) -> PeftModel:
+    """Load a generative adapter (``task`` generate in ``fedtune_model.json``) onto a causal LM ``base``."""
+    from peft import PeftModel
+
+    if not (directory / "adapter_config.json").is_file():
+        raise ModelError(f"{directory}: not a PEFT adapter directory (no adapter_config.json)")
     try:
         return PeftModel.from_pretrained(base, str(directory))
     except (OSError, ValueError, RuntimeError) as exc:

@@ -28,7 +28,7 @@ class LoraSettings(BaseModel):
     alpha: float = Field(default=16.0, gt=0, allow_inf_nan=False)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False)
     target_modules: tuple[str, ...] | None = None
-    ffa: bool = False
+    ffa: bool | None = None  # None: the job decides (fedtune train: on with DP, off without; a federation: ffa)
 
     @model_validator(mode="after")
     def _targets_non_empty(self) -> LoraSettings:

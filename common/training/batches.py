@@ -66,7 +66,7 @@ def plan_steps(*, num_examples: int, batch_size: int, epochs: int, source: str) 
             path=source,
         )
     sample_rate = batch_size / num_examples
-    steps = max(1, math.ceil(epochs / sample_rate))
+    steps = epochs * math.ceil(num_examples / batch_size)  # each pass a whole number of expected batches
     return StepPlan(num_examples=num_examples, batch_size=batch_size, sample_rate=sample_rate, steps=steps)
 
 

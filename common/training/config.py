@@ -113,6 +113,17 @@ class TrainJob(BaseModel):
     selection: SelectionSettings = SelectionSettings()  # the kept epoch, by the evaluation split; early stopping
     strict_data: bool = False  # refuse, instead of warning about, data the model covers badly (data/coverage.py)
 
+    @model_validator(mode="after")
+    def _ffa_with_dp(self) -> TrainJob:
+        """FFA-LoRA by default when private, plain LoRA without DP.
+
+        FFA halves the trainable size, so the same epsilon buys less noise per coordinate (Sun et al., ICLR 2024).
+        """
+        if self.lora.ffa is None:
+            lora = self.lora.model_copy(update={"ffa": self.privacy.enabled})
+            object.__setattr__(self, "lora", lora)
+        return self
+
     @field_validator("model", mode="before")
     @classmethod
     def _utf8_model(cls, value: Any) -> Any:

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common.errors import BudgetExhaustedError
 from common.model.adapter import load_adapter_state
 from common.privacy.accountant import AccountantName
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import DatasetRef, PrivacyLedger, Reservation
-from common.training.evaluation import EvalMetrics, evaluate
+from common.training.evaluation import evaluate
 from common.training.schedule import LrSchedule
 from common.training.selection import RoundSelector
 from common.training.trainer import train_adapter
@@ -35,8 +36,10 @@ if TYPE_CHECKING:
 
     from common.training.batches import TokenizedTexts
     from common.training.config import TrainJob
+    from common.training.generate_config import GenerateJob
     from common.training.job import PrivacyPlan
     from common.training.progress import ProgressCallback
+    from common.training.task import TrainData, TrainTask
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,21 @@ class EpochSpend:
         )
 
 
+class EpochMetrics(Protocol):
+    """A pass's evaluation (classification's EvalMetrics, a causal LM's loss and perplexity)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Metric name -> value (None: not computed)."""
+        ...
+
+
 @dataclass
 class EpochsOutcome:
     """What the passes did: the kept pass and its metrics, every pass's metrics, events and counts."""
 
-    metrics: EvalMetrics
+    metrics: EpochMetrics
     kept_epoch: int
-    history: list[EvalMetrics] = field(default_factory=list)
+    history: list[EpochMetrics] = field(default_factory=list)
     reservations: list[Reservation] = field(default_factory=list)
     events: list[DpSgdEvent] = field(default_factory=list)
     steps: int = 0
@@ -122,17 +133,23 @@ def epoch_seed(seed: int | None, epoch: int) -> int | None:
 
 def train_epochs(
     model: PeftModel,
-    train_data: TokenizedTexts,
-    eval_data: TokenizedTexts,
+    train_data: TrainData,
+    eval_data: TokenizedTexts | None,
     *,
     plan: PrivacyPlan,
     spend: EpochSpend,
-    job: TrainJob,
+    job: TrainJob | GenerateJob,
     device: torch.device,
     progress: ProgressCallback | None = None,
     class_weights: torch.Tensor | None = None,
+    task: TrainTask | None = None,
+    evaluate_fn: Callable[[], Any] | None = None,
 ) -> EpochsOutcome:
-    """Train ``plan.epochs`` passes (stopping early by ``job.selection``); the kept pass's adapter ends in ``model``."""
+    """Train ``plan.epochs`` passes (stopping early by ``job.selection``); the kept pass's adapter ends in ``model``.
+
+    ``task`` is the trainer's task (None: classification); ``evaluate_fn`` evaluates the model after a pass and
+    returns metrics with ``to_dict()`` (None: classification metrics on ``eval_data``).
+    """
     training = plan.training
     schedule = LrSchedule.over(training.lr_schedule, plan.steps.steps, training.warmup_fraction)
     selector = RoundSelector(job.selection, where="the evaluation split (not covered by DP)", unit="epoch")
@@ -159,12 +176,17 @@ def train_epochs(
             start_step=done,
             optimizer_state=optimizer_state,
             class_weights=class_weights,
+            task=task,
         )
         if result.event != plan.epoch_event:  # the trainer must have done exactly what was reserved
             raise RuntimeError(f"trained {result.event} but reserved {plan.epoch_event}")
         spend.ledger.commit(reservation, examples_seen=result.examples_seen, empty_batches=result.empty_batches)
         optimizer_state = result.optimizer_state
-        metrics = evaluate(model, eval_data, batch_size=training.eval_batch_size, device=device)
+        if evaluate_fn is not None:
+            metrics: EpochMetrics = evaluate_fn()
+        else:
+            assert eval_data is not None
+            metrics = evaluate(model, eval_data, batch_size=training.eval_batch_size, device=device)
         selector.observe(epoch, metrics.to_dict(), result.adapter)
         if outcome is None:
             outcome = EpochsOutcome(metrics=metrics, kept_epoch=epoch)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from common.data.dataset import LabeledTexts
 from common.data.dedupe import deduplicate
@@ -28,7 +28,7 @@ from common.privacy.histogram import HISTOGRAM_EPSILON_SHARE, histogram_event, h
 from common.privacy.ledger import Reservation
 from common.training.batches import StepPlan, plan_steps
 from common.training.class_weights import ClassWeights, balanced_weights, parse_class_weights
-from common.training.config import TrainConfig, TrainJob
+from common.training.config import PrivacySettings, TrainConfig, TrainJob
 from common.training.epochs import BudgetProjection, EpochsOutcome, EpochSpend, train_epochs
 from common.training.evaluation import EvalMetrics
 from common.training.preflight import (
@@ -120,7 +120,17 @@ def prepare_data(job: TrainJob, train_path: Path | None, eval_path: Path | None)
     return PreparedData(train=train, eval=evaluation, source=source, duplicates=duplicates)
 
 
-def plan_privacy(job: TrainJob, num_examples: int, source: str, *, trainable_parameters: int = 0) -> PrivacyPlan:
+class PlannedSettings(Protocol):
+    """What a plan is made from: a job's training and privacy settings (``TrainJob``, ``GenerateJob``)."""
+
+    @property
+    def training(self) -> TrainConfig: ...  # noqa: D102
+
+    @property
+    def privacy(self) -> PrivacySettings: ...  # noqa: D102
+
+
+def plan_privacy(job: PlannedSettings, num_examples: int, source: str, *, trainable_parameters: int = 0) -> PrivacyPlan:
     """The recipe's choices (:mod:`common.training.recipe`), steps, sample rate and calibrated noise for the job."""
     privacy = job.privacy
     inputs = RecipeInputs(
@@ -326,7 +336,7 @@ def _run(
         out_dir=out_dir,
         plan=plan,
         outcome=outcome,
-        metrics=outcome.metrics,
+        metrics=cast(EvalMetrics, outcome.metrics),
         epsilon=outcome.epsilon_after,
         summary=summary,
     )

@@ -212,7 +212,7 @@ def _powers_of_two(low: int, high: int) -> list[int]:
 
 def _steps(inputs: RecipeInputs, batch: int, epochs: int) -> int:
     """Steps over the whole run (as :func:`common.training.batches.plan_steps` plans them per round)."""
-    return inputs.rounds * max(1, math.ceil(epochs * inputs.num_examples / batch))
+    return inputs.rounds * epochs * math.ceil(inputs.num_examples / batch)
 
 
 def _budget(inputs: RecipeInputs) -> str:

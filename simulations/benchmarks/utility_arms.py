@@ -270,9 +270,10 @@ def run_central(
     history = job_result.outcome.history
     epoch = job_result.plan.epoch
     result.count = len(history)
-    result.curve = [(k + 1, metrics.accuracy) for k, metrics in enumerate(history)]
-    if history:
-        result.accuracy, result.macro_f1 = history[-1].accuracy, history[-1].macro_f1
+    scores = [metrics.to_dict() for metrics in history]
+    result.curve = [(k + 1, float(score["accuracy"])) for k, score in enumerate(scores)]
+    if scores:
+        result.accuracy, result.macro_f1 = float(scores[-1]["accuracy"]), float(scores[-1]["macro_f1"])
     result.kept_accuracy = job_result.metrics.accuracy
     result.epsilon = job_result.epsilon if private else None
     result.example_passes = len(history) * epoch.steps * epoch.sample_rate * epoch.num_examples

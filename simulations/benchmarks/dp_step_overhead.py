@@ -50,7 +50,7 @@ def _run_arm(arm: str, model_name: str, steps: int, warmup: int, device_choice: 
     assert all(len(ids) == SEQUENCE for ids in tokenized._features["input_ids"])
     # q = 1: the Poisson batch is exactly the BATCH examples, so both arms process BATCH x SEQUENCE tokens a step.
     plan = StepPlan(num_examples=BATCH, batch_size=BATCH, sample_rate=1.0, steps=steps)
-    config = TrainConfig(batch_size=BATCH, physical_batch_size=BATCH)
+    config = TrainConfig(batch_size=BATCH, physical_batch_size=BATCH, learning_rate=1e-3)
     dp = DpSgdParams(noise_multiplier=1.0, max_grad_norm=1.0) if arm == "dp" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

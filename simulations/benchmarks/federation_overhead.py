@@ -82,6 +82,7 @@ def _pure_training(prepared: Any, history: tuple[RoundRecord, ...], repeats: int
     from common.model.adapter import load_adapter_state
     from common.training.batches import plan_steps
     from common.training.device import resolve_device
+    from common.training.recipe import RecipeInputs, choose_recipe
     from common.training.trainer import DpSgdParams, train_adapter
     from server.checkpoint import load_checkpoint
 
@@ -98,19 +99,29 @@ def _pure_training(prepared: Any, history: tuple[RoundRecord, ...], repeats: int
         for site in order:
             data = site_data(site, config, model.tokenizer)
             load_adapter_state(model.model, start.adapter)
+            inputs = RecipeInputs(
+                num_examples=len(data.train),
+                rounds=config.num_rounds,
+                target_epsilon=config.target_epsilon,
+                delta=site.delta,
+                trainable_parameters=0,
+                federated=True,
+            )
+            recipe, training = choose_recipe(inputs, config.training, max_grad_norm=config.max_grad_norm)
+            assert training.batch_size is not None and training.epochs is not None and recipe.max_grad_norm
             plan = plan_steps(
                 num_examples=len(data.train),
-                batch_size=config.training.batch_size,
-                epochs=config.training.epochs,
+                batch_size=training.batch_size,
+                epochs=training.epochs,
                 source=str(site.data_path),
             )
             began = time.perf_counter()
             train_adapter(
                 model.model,
                 data.train,
-                config=config.training,
+                config=training,
                 plan=plan,
-                dp=DpSgdParams(noise_multiplier=sigma[site.site_name], max_grad_norm=config.max_grad_norm),
+                dp=DpSgdParams(noise_multiplier=sigma[site.site_name], max_grad_norm=recipe.max_grad_norm),
                 device=resolve_device(site.device),
                 seed=repeat,
             )

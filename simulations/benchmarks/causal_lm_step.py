@@ -1,0 +1,357 @@
+"""Cost of privacy per step on a causal LM: a DP-LoRA step (Opacus hooks, clipping, noise) against a LoRA step.
+
+Both arms run fedtune's own trainer (``train_adapter`` with ``task=CausalLmTask()``) on the same Llama-style model,
+built from a config with random weights (timing does not depend on the weights' values): about 100M parameters for
+``--size cpu``, about 1B for ``--size gpu``, a few M for ``--size tiny`` (tests). LoRA r=8 on ``q_proj``/``v_proj``.
+The data are random token ids: every example has exactly ``--seq`` tokens (no padding), labels ``-100`` on the first
+half (the "prompt") so the loss is on the second half, as in generative fine-tuning.
+
+Like with like: the data hold exactly ``--batch`` examples and both arms use the trainer's own samplers, the non-DP
+arm its shuffled fixed-size batches (all ``batch`` examples a step), the DP arm Poisson sampling at rate q = 1, which
+includes every example at every step. So both arms process the same ``batch x seq`` tokens a step, through the same
+code path as a real job (Opacus's ``GradSampleModule`` and ``DPOptimizer``, sigma = 1, C = 1), and the step-time ratio
+is the cost of privacy alone. (With q < 1 a DP step's batch size would vary, and only time per realised token would
+compare.) The tokens each step actually fed to the model are counted, and tokens/s is computed from them. The physical
+batch is the whole logical batch, so peak memory reflects one forward/backward pass of ``batch x seq`` tokens.
+
+Each arm runs in its own process (so its peak memory is its own: peak RSS on CPU, ``torch.cuda.max_memory_allocated``
+on CUDA), the arms alternate (dp, plain, plain, dp, ...) so machine noise hits both, the first ``--warmup`` steps of
+each process (the first includes Opacus's set-up) are dropped, and the per-step times are summarised by medians.
+Prints both ratios DP/non-DP (goal: time <= 1.3, memory <= 1.2). Weights are float32 unless ``--dtype bf16`` (then
+the base model is bfloat16; peft keeps the LoRA matrices in float32).
+
+    python -m simulations.benchmarks.causal_lm_step [--size cpu|gpu|tiny] [--batch 8] [--seq 256] [--steps 8]
+        [--warmup 2] [--repeats 3] [--device auto] [--dtype fp32|bf16] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaConfig
+
+TIME_GOAL = 1.3
+MEMORY_GOAL = 1.2
+LORA_RANK = 8
+LORA_TARGETS = ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A Llama-style architecture (multi-head attention: as many key/value heads as query heads)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    vocab: int
+    tie_embeddings: bool
+
+    def llama_config(self, max_positions: int) -> LlamaConfig:
+        """The transformers config (no weights are built)."""
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=self.vocab,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.heads,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=self.tie_embeddings,
+            attention_dropout=0.0,
+            use_cache=False,
+        )
+
+
+#: cpu: GPT-2-small-sized, tied embeddings (~110M); gpu: TinyLlama-like width, 16 layers, untied head (~0.94B).
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(hidden=256, layers=2, heads=4, intermediate=512, vocab=8000, tie_embeddings=True),
+    "cpu": Preset(hidden=768, layers=12, heads=12, intermediate=2048, vocab=32000, tie_embeddings=True),
+    "gpu": Preset(hidden=2048, layers=16, heads=16, intermediate=5504, vocab=32000, tie_embeddings=False),
+}
+
+
+def parameter_count(preset: Preset) -> int:
+    """The model's parameter count, from the architecture alone (no bias anywhere; RMSNorm has one weight vector)."""
+    h = preset.hidden
+    attention = 4 * h * h  # q, k, v, o (as many key/value heads as query heads)
+    mlp = 3 * h * preset.intermediate  # gate, up, down
+    layer = attention + mlp + 2 * h  # two RMSNorms
+    embeddings = preset.vocab * h * (1 if preset.tie_embeddings else 2)
+    return embeddings + preset.layers * layer + h  # final norm
+
+
+def lora_parameter_count(preset: Preset, rank: int = LORA_RANK) -> int:
+    """Trainable LoRA scalars with rank ``rank`` on ``q_proj`` and ``v_proj`` (both h -> h here)."""
+    return preset.layers * len(LORA_TARGETS) * rank * (preset.hidden + preset.hidden)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of a non-empty sequence (a ValueError names the problem otherwise)."""
+    if not values:
+        raise ValueError("no measurements to summarise")
+    return statistics.median(values)
+
+
+def ratio(dp: float, plain: float) -> float:
+    """DP over non-DP; the non-DP figure must be positive."""
+    if not plain > 0:
+        raise ValueError(f"the non-private figure must be > 0; got {plain}")
+    return dp / plain
+
+
+def summarise_arm(runs: Sequence[dict[str, Any]], memory_key: str) -> dict[str, float]:
+    """Median step time and tokens/s over every measured step of every process; median of the processes' peaks.
+
+    ``rss_growth_mb`` is how far training raised peak RSS above its level once the model was built (informative on
+    CPU, where the process's peak also holds the interpreter, the libraries and the frozen weights).
+    """
+    times = [t for run in runs for t in run["step_times_s"]]
+    tokens = [n for run in runs for n in run["step_tokens"]]
+    return {
+        "median_step_s": median(times),
+        "tokens_per_s": median([n / t for n, t in zip(tokens, times, strict=True)]),
+        "peak_memory_mb": median([run[memory_key] for run in runs]),
+        "rss_growth_mb": median([run["peak_rss_mb"] - run["rss_before_training_mb"] for run in runs]),
+        "measured_steps": len(times),
+    }
+
+
+def compare(dp: dict[str, float], plain: dict[str, float]) -> dict[str, Any]:
+    """The DP/non-DP ratios and whether each meets its goal."""
+    time_ratio = ratio(dp["median_step_s"], plain["median_step_s"])
+    memory_ratio = ratio(dp["peak_memory_mb"], plain["peak_memory_mb"])
+    return {
+        "time_ratio": time_ratio,
+        "tokens_per_s_ratio": ratio(dp["tokens_per_s"], plain["tokens_per_s"]),
+        "memory_ratio": memory_ratio,
+        "time_goal": TIME_GOAL,
+        "memory_goal": MEMORY_GOAL,
+        "time_ok": time_ratio <= TIME_GOAL,
+        "memory_ok": memory_ratio <= MEMORY_GOAL,
+    }
+
+
+class RandomTokens:
+    """``count`` examples of exactly ``length`` random token ids; labels ``-100`` on the first half (the prompt).
+
+    Satisfies :class:`common.training.task.TrainData`; counts the tokens it hands out (``tokens_served``).
+    """
+
+    def __init__(self, count: int, length: int, vocab: int, seed: int = 0) -> None:
+        import torch
+
+        from common.training.causal_batches import IGNORE_INDEX
+
+        generator = torch.Generator().manual_seed(seed)
+        self._ids = torch.randint(0, vocab, (count, length), generator=generator)
+        self._labels = self._ids.clone()
+        self._labels[:, : length // 2] = IGNORE_INDEX
+        self.lengths = [length] * count
+        self.tokens_served = 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, indices: Sequence[int], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``({"input_ids", "attention_mask"}, labels)`` for ``indices`` on ``device`` (no padding needed)."""
+        import torch
+
+        if not indices:
+            raise ValueError("cannot build an empty batch")
+        rows = torch.tensor(list(indices))
+        input_ids = self._ids[rows]
+        self.tokens_served += input_ids.numel()
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device)}
+        return inputs, self._labels[rows].to(device)
+
+
+def _run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``args.steps`` steps of one arm in this process and report per-step times, tokens and memory."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from common.model.causal import apply_causal_lora
+    from common.model.lora import LoraSettings
+    from common.training.batches import StepPlan
+    from common.training.config import TrainConfig
+    from common.training.device import resolve_device
+    from common.training.task import CausalLmTask
+    from common.training.trainer import DpSgdParams, train_adapter
+
+    device = resolve_device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    preset = PRESETS[args.size]
+    torch.manual_seed(0)
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype directly: no float32 copy inflates the peak
+    try:
+        with device:
+            base = LlamaForCausalLM(preset.llama_config(max_positions=args.seq))
+    finally:
+        torch.set_default_dtype(previous_dtype)
+    total_params = sum(p.numel() for p in base.parameters())
+    model = apply_causal_lora(base, LoraSettings(r=LORA_RANK, target_modules=LORA_TARGETS, ffa=False))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    data = RandomTokens(args.batch, args.seq, preset.vocab)
+    # q = 1 over exactly `batch` examples: the Poisson batch is all of them, as is the shuffled one (module docstring).
+    plan = StepPlan(num_examples=args.batch, batch_size=args.batch, sample_rate=1.0, steps=args.steps)
+    config = TrainConfig(epochs=1, batch_size=args.batch, physical_batch_size=args.batch, learning_rate=1e-4)
+    dp = DpSgdParams(noise_multiplier=1.0, max_grad_norm=1.0) if arm == "dp" else None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stamps = [time.perf_counter()]
+    served = [0]
+
+    def on_step(done: int, planned: int, loss: float | None) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        served.append(data.tokens_served)
+
+    outcome = train_adapter(
+        model, data, config=config, plan=plan, dp=dp, device=device, seed=0, progress=on_step, task=CausalLmTask()
+    )
+    times = [b - a for a, b in itertools.pairwise(stamps)][args.warmup :]
+    tokens = [b - a for a, b in itertools.pairwise(served)][args.warmup :]
+    return {
+        "arm": arm,
+        "device": str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})",
+        "dtype": str(dtype).removeprefix("torch."),
+        "parameters": total_params,
+        "trainable_parameters": trainable,
+        "median_step_s": median(times),
+        "step_times_s": times,
+        "step_tokens": tokens,
+        "examples_seen": outcome.examples_seen,
+        "final_loss": outcome.final_loss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_training_mb": rss_before_mb,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    }
+
+
+def _spawn(arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, "-m", "simulations.benchmarks.causal_lm_step", "--arm", arm]
+    for flag in ("size", "batch", "seq", "steps", "warmup", "device", "dtype"):
+        command += [f"--{flag}", str(getattr(args, flag))]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"arm {arm} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "ABOVE GOAL"
+
+
+def main() -> None:
+    """Run the comparison (or, with --arm, one arm in this process)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="cpu", choices=sorted(PRESETS), help="model preset (default cpu)")
+    parser.add_argument("--batch", type=int, default=8, help="examples per step (logical = physical batch)")
+    parser.add_argument("--seq", type=int, default=256, help="tokens per example")
+    parser.add_argument("--steps", type=int, default=8, help="steps per process")
+    parser.add_argument("--warmup", type=int, default=2, help="steps dropped per process (>= 1: the first sets up)")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per arm")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="base model weights")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--arm", choices=["dp", "plain"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.batch < 1 or args.seq < 2 or args.repeats < 1:
+        parser.error("need --batch >= 1, --seq >= 2 and --repeats >= 1")
+    if args.warmup < 1 or args.steps <= args.warmup:
+        parser.error("need --warmup >= 1 and --steps > --warmup (at least one measured step per process)")
+    if args.arm:
+        print(json.dumps(_run_arm(args.arm, args)))
+        return
+
+    preset = PRESETS[args.size]
+    print(
+        f"Llama preset {args.size}: {parameter_count(preset) / 1e6:.1f}M parameters ({asdict(preset)}), "
+        f"LoRA r={LORA_RANK} on {','.join(LORA_TARGETS)}; batch {args.batch} x {args.seq} tokens",
+        flush=True,
+    )
+    results: dict[str, list[dict[str, Any]]] = {"dp": [], "plain": []}
+    for repeat in range(args.repeats):
+        order = ("dp", "plain") if repeat % 2 == 0 else ("plain", "dp")
+        for arm in order:
+            outcome = _spawn(arm, args)
+            results[arm].append(outcome)
+            cuda = f", peak CUDA {outcome['peak_cuda_mb']:7.0f} MB" if outcome["peak_cuda_mb"] is not None else ""
+            print(
+                f"  repeat {repeat + 1} {arm:>5}: median step {outcome['median_step_s'] * 1000:9.1f} ms, "
+                f"peak RSS {outcome['peak_rss_mb']:7.0f} MB{cuda}",
+                flush=True,
+            )
+
+    first = results["dp"][0]
+    on_cuda = first["peak_cuda_mb"] is not None
+    memory_key = "peak_cuda_mb" if on_cuda else "peak_rss_mb"
+    memory_name = "peak CUDA memory (max_memory_allocated)" if on_cuda else "peak RSS of the arm's process"
+    dp_summary = summarise_arm(results["dp"], memory_key)
+    plain_summary = summarise_arm(results["plain"], memory_key)
+    comparison = compare(dp_summary, plain_summary)
+    print(
+        f"device {first['device']}, dtype {first['dtype']}, {first['parameters'] / 1e6:.1f}M parameters "
+        f"({first['trainable_parameters']:,} trainable LoRA), batch {args.batch} x {args.seq} tokens, "
+        f"{args.repeats} processes x {args.steps - args.warmup} measured steps per arm "
+        f"({int(dp_summary['measured_steps'])} per arm)"
+    )
+    for name, arm_summary in (("dp", dp_summary), ("plain", plain_summary)):
+        growth = "" if on_cuda else f" (training added {arm_summary['rss_growth_mb']:.0f} MB)"
+        print(
+            f"  {name:>5}: median step {arm_summary['median_step_s'] * 1000:9.1f} ms, "
+            f"{arm_summary['tokens_per_s']:9.0f} tokens/s, {memory_name} {arm_summary['peak_memory_mb']:7.0f} MB"
+            f"{growth}"
+        )
+    print(
+        f"time ratio (dp/plain):   {comparison['time_ratio']:.3f}   goal <= {TIME_GOAL}: "
+        f"{_verdict(comparison['time_ok'])}  (tokens/s ratio {comparison['tokens_per_s_ratio']:.3f})"
+    )
+    print(
+        f"memory ratio (dp/plain): {comparison['memory_ratio']:.3f}   goal <= {MEMORY_GOAL}: "
+        f"{_verdict(comparison['memory_ok'])}"
+    )
+    if args.json is not None:
+        report = {
+            "size": args.size,
+            "preset": asdict(preset),
+            "device": first["device"],
+            "dtype": first["dtype"],
+            "parameters": first["parameters"],
+            "trainable_parameters": first["trainable_parameters"],
+            "batch": args.batch,
+            "seq": args.seq,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "memory": memory_name,
+            "arms": {"dp": dp_summary, "plain": plain_summary},
+            "comparison": comparison,
+            "runs": results,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,8 @@ def build_tiny_model(directory: Path, *, hidden: int = 32, layers: int = 2, num_
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores vocab_file= (every word would be [UNK]); vocab= reads the file.
+    tokenizer = BertTokenizerFast(vocab=str(directory / "vocab.txt"), do_lower_case=True)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,

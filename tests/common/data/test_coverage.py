@@ -145,3 +145,11 @@ def test_invalid_arguments_are_refused(word_tokenizer):
         measure_coverage(["a"], word_tokenizer, max_length=0, source=SOURCE)
     with pytest.raises(ValueError):
         measure_coverage(["a"], word_tokenizer, max_length=8, source=SOURCE, sample=0)
+
+
+def test_the_shared_tiny_tokenizer_really_covers_the_sample(tiny_tokenizer):
+    # Guards the test fixture itself: a tokenizer that silently ignored its vocabulary made every word [UNK].
+    from common.data.sample import sample_dataset
+
+    coverage = measure_coverage(sample_dataset(200).texts, tiny_tokenizer, max_length=128, source="sample")
+    assert coverage.tokens > 0 and coverage.unknown_share == 0.0

@@ -6,13 +6,10 @@ built from a config with random weights (timing does not depend on the weights' 
 The data are random token ids: every example has exactly ``--seq`` tokens (no padding), labels ``-100`` on the first
 half (the "prompt") so the loss is on the second half, as in generative fine-tuning.
 
-Like with like: the data hold exactly ``--batch`` examples and both arms use the trainer's own samplers, the non-DP
-arm its shuffled fixed-size batches (all ``batch`` examples a step), the DP arm Poisson sampling at rate q = 1, which
-includes every example at every step. So both arms process the same ``batch x seq`` tokens a step, through the same
-code path as a real job (Opacus's ``GradSampleModule`` and ``DPOptimizer``, sigma = 1, C = 1), and the step-time ratio
-is the cost of privacy alone. (With q < 1 a DP step's batch size would vary, and only time per realised token would
-compare.) The tokens each step actually fed to the model are counted, and tokens/s is computed from them. The physical
-batch is the whole logical batch, so peak memory reflects one forward/backward pass of ``batch x seq`` tokens.
+Like with like: the data hold exactly ``--batch`` examples; the non-DP arm takes all of them a step (shuffled
+fixed-size batches), the DP arm Poisson-samples at q = 1 (every example every step), through the same code path as a
+real job (Opacus, sigma = 1, C = 1): the step-time ratio is the cost of privacy alone. Tokens/s counts the tokens
+actually fed; the physical batch is the whole logical batch (peak memory: one pass of ``batch x seq`` tokens).
 
 Each arm runs in its own process (so its peak memory is its own: peak RSS on CPU, ``torch.cuda.max_memory_allocated``
 on CUDA), the arms alternate (dp, plain, plain, dp, ...) so machine noise hits both, the first ``--warmup`` steps of

@@ -16,9 +16,7 @@ on CUDA), the arms alternate (dp, plain, plain, dp, ...) so machine noise hits b
 each process (the first includes Opacus's set-up) are dropped, and the per-step times are summarised by medians.
 Prints both ratios DP/non-DP (goal: time <= 1.3, memory <= 1.2). Weights are float32 unless ``--dtype bf16`` (then
 the base model is bfloat16; peft keeps the LoRA matrices in float32).
-
-    python -m simulations.benchmarks.causal_lm_step [--size cpu|gpu|tiny] [--batch 8] [--seq 256] [--steps 8]
-        [--warmup 2] [--repeats 3] [--device auto] [--dtype fp32|bf16] [--json OUT]
+Usage: ``python -m simulations.benchmarks.causal_lm_step [--size cpu|gpu|tiny] [--batch 8] [--seq 256] [--json F]``.
 """
 
 from __future__ import annotations
@@ -40,8 +38,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import LlamaConfig
 
-TIME_GOAL = 1.3
-MEMORY_GOAL = 1.2
+TIME_GOAL, MEMORY_GOAL = 1.3, 1.2
 LORA_RANK = 8
 LORA_TARGETS = ("q_proj", "v_proj")
 

@@ -20,7 +20,11 @@ def resolve_task(task: str, model: str) -> str:
         raise ConfigError(f"--task must be one of {', '.join(TASKS)}; got {task!r}")
     if task != "auto":
         return task
+    from common.data.spec import utf8_problem
     from common.model.causal import is_causal_lm
+
+    if utf8_problem(model) is not None:
+        return "classify"  # the job's own validation names the bad --model
     from common.model.loading import resolve_base_model
 
     return "generate" if is_causal_lm(resolve_base_model(model)) else "classify"

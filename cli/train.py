@@ -169,6 +169,24 @@ def train(
     from common.training.job import run_train_job
 
     opt.require_utf8({"--data": data, "--eval-data": eval_data, "--ledger": ledger})
+    # The settings both tasks share; each adds its own (class weights, its default max length).
+    training = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "physical_batch_size": physical_batch_size,
+        "learning_rate": lr,
+        "lr_schedule": lr_schedule,
+        "warmup_fraction": warmup_fraction,
+        "optimizer": optimizer,
+    }
+    privacy = opt.privacy_settings(
+        no_dp=no_dp,
+        epsilon=epsilon,
+        delta=delta,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        accountant=accountant,
+    )
     if resolve_task(task, model) == "generate":
         values = {
             "model": model,
@@ -176,24 +194,8 @@ def train(
             "lora": opt.lora_values(
                 r=lora_r, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, ffa=bool(ffa)
             ),
-            "training": {
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "physical_batch_size": physical_batch_size,
-                "learning_rate": lr,
-                "lr_schedule": lr_schedule,
-                "warmup_fraction": warmup_fraction,
-                "optimizer": optimizer,
-                "max_length": max_length or DEFAULT_GENERATE_MAX_LENGTH,
-            },
-            "privacy": opt.privacy_settings(
-                no_dp=no_dp,
-                epsilon=epsilon,
-                delta=delta,
-                noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm,
-                accountant=accountant,
-            ),
+            "training": {**training, "max_length": max_length or DEFAULT_GENERATE_MAX_LENGTH},
+            "privacy": privacy,
             "max_tokens": max_tokens,
             "max_new_tokens": max_new_tokens,
             "eval_fraction": eval_fraction,
@@ -218,25 +220,8 @@ def train(
                 targets=lora_targets,
                 ffa=ffa,
             ),
-            "training": {
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "physical_batch_size": physical_batch_size,
-                "learning_rate": lr,
-                "lr_schedule": lr_schedule,
-                "warmup_fraction": warmup_fraction,
-                "class_weights": class_weights,
-                "optimizer": optimizer,
-                "max_length": max_length or _TRAIN.max_length,
-            },
-            "privacy": opt.privacy_settings(
-                no_dp=no_dp,
-                epsilon=epsilon,
-                delta=delta,
-                noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm,
-                accountant=accountant,
-            ),
+            "training": {**training, "class_weights": class_weights, "max_length": max_length or _TRAIN.max_length},
+            "privacy": privacy,
             "eval_fraction": eval_fraction,
             "split_seed": split_seed,
             "seed": seed,

@@ -16,7 +16,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ import torch
 
 from common.errors import ModelError
 from common.model.loading import BaseModelRef, quiet_transformers
-from common.model.lora import LoraSettings, freeze_lora_a
+from common.model.lora import LoraSettings, wrap_with_lora
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -146,7 +145,7 @@ def apply_causal_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftMod
     Targets are ``settings.target_modules`` or :func:`default_targets` of the model type. LoRA ``A`` matrices are
     drawn from torch's global generator: seed it first for reproducible runs.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType
 
     model_type = str(getattr(model.config, "model_type", ""))
     targets = settings.target_modules or default_targets(model_type)
@@ -158,16 +157,7 @@ def apply_causal_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftMod
         target_modules=list(targets),
         fan_in_fan_out=_targets_conv1d(model, targets),
     )
-    try:
-        with warnings.catch_warnings():
-            # peft calls a transformers method deprecated in transformers 5; harmless, and not ours to fix.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            peft_model = get_peft_model(model, config)
-    except ValueError as exc:
-        raise ModelError(f"cannot apply LoRA to this {model_type or 'unknown'} model: {exc}") from exc
-    if settings.ffa:
-        freeze_lora_a(peft_model)
-    return peft_model
+    return wrap_with_lora(model, config, ffa=bool(settings.ffa), what=f"this {model_type or 'unknown'} model")
 
 
 def _targets_conv1d(model: torch.nn.Module, targets: tuple[str, ...]) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
     from transformers import PreTrainedModel
 
 
@@ -42,9 +42,7 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
 
     LoRA ``A`` matrices are drawn from torch's global generator: seed it first for reproducible runs.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    from common.errors import ModelError
+    from peft import LoraConfig, TaskType
 
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -53,14 +51,23 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules) if settings.target_modules else None,
     )
+    return wrap_with_lora(model, config, ffa=bool(settings.ffa), what="this model")
+
+
+def wrap_with_lora(model: PreTrainedModel, config: LoraConfig, *, ffa: bool, what: str) -> PeftModel:
+    """``get_peft_model(model, config)``, its errors as ModelError naming ``what``; FFA-LoRA freezes the A matrices."""
+    from peft import get_peft_model
+
+    from common.errors import ModelError
+
     try:
         with warnings.catch_warnings():
             # peft calls a transformers method deprecated in transformers 5; harmless, and not ours to fix.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = get_peft_model(model, config)
     except ValueError as exc:
-        raise ModelError(f"cannot apply LoRA to this model: {exc}") from exc
-    if settings.ffa:
+        raise ModelError(f"cannot apply LoRA to {what}: {exc}") from exc
+    if ffa:
         freeze_lora_a(peft_model)
     return peft_model
 

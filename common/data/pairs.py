@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,8 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.data.dedupe import normalise
-from common.data.files import FileAccessError, open_regular_file
-from common.data.readers import _check_unicode, _decoded_lines, _detect_format, _from_first_content, _universal_lines
+from common.data.readers import _check_unicode, delimited_rows, read_records
 from common.data.spec import DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT, DataFormat, utf8_problem
 from common.data.templates import ROLES, Turn, chat_transcript
 from common.errors import DataValidationError
@@ -153,16 +152,13 @@ def read_pairs_file(path: str | Path, spec: PairSpec | None = None) -> PromptRes
     spec = spec or PairSpec()
     path = Path(path)
     where = str(path)
-    try:
-        with open_regular_file(path) as handle:
-            data_format = _detect_format(path, spec.format)
-            lines = _from_first_content(_decoded_lines(handle, where, spec.max_line_bytes), where)
-            if data_format == "jsonl":
-                records = _parse_jsonl(lines, where, spec)
-            else:
-                records = _parse_delimited(lines, where, spec, delimiter="\t" if data_format == "tsv" else ",")
-    except FileAccessError as exc:
-        raise DataValidationError(exc.reason, path=where, line=exc.line) from None
+
+    def parse(lines: Iterator[str], data_format: DataFormat) -> list[_Record]:
+        if data_format == "jsonl":
+            return _parse_jsonl(lines, where, spec)
+        return _parse_delimited(lines, where, spec, data_format)
+
+    records = read_records(path, spec.format, spec.max_line_bytes, parse)
     if not records:
         raise DataValidationError("the file holds a header but no records", path=where)
     prompts, responses, turns = zip(*records, strict=True)
@@ -244,13 +240,8 @@ def _chat_record(messages: object, column: str, where: str, line: int, limit: in
     return (chat_transcript(prompt_turns), turns[-1][1], prompt_turns)
 
 
-def _parse_delimited(lines: Iterable[str], where: str, spec: PairSpec, *, delimiter: str) -> list[_Record]:
-    # As in common.data.readers: TSV fields are literal (no quoting), a quoted CSV field may span lines.
-    stream = _universal_lines(lines)
-    if delimiter == "\t":
-        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_NONE, strict=True)
-    else:
-        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, strict=True)
+def _parse_delimited(lines: Iterator[str], where: str, spec: PairSpec, data_format: DataFormat) -> list[_Record]:
+    reader = delimited_rows(lines, data_format)
     try:
         header = [name.strip() for name in next(reader)]
     except csv.Error as exc:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.data.files import FileAccessError, open_regular_file
 from common.data.pairs import PairSpec, _text
-from common.data.readers import _decoded_lines, _detect_format, _from_first_content, _universal_lines
+from common.data.readers import delimited_rows, read_records
+from common.data.spec import DataFormat
 from common.errors import DataValidationError
 
 
@@ -30,48 +31,48 @@ def read_prompts_file(path: str | Path, spec: PairSpec | None = None) -> Prompts
     spec = spec or PairSpec()
     path = Path(path)
     where, column, limit = str(path), spec.prompt_column, spec.max_line_bytes
-    prompts: list[str] = []
-    try:
-        with open_regular_file(path) as handle:
-            data_format = _detect_format(path, spec.format)
-            lines = _from_first_content(_decoded_lines(handle, where, limit), where)
-            if data_format == "jsonl":
-                for number, line in enumerate(lines, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except (json.JSONDecodeError, RecursionError):
-                        raise DataValidationError("not valid JSON", path=where, line=number) from None
-                    if not isinstance(obj, dict) or column not in obj:
-                        raise DataValidationError(f"missing column {column!r}", path=where, line=number)
-                    prompts.append(_text(obj[column], f"column {column!r}", where, number, limit))
-            else:
-                stream = _universal_lines(lines)
-                if data_format == "tsv":  # as common.data.readers: TSV fields are literal, CSV may quote
-                    reader = csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
-                else:
-                    reader = csv.reader(stream, delimiter=",", quoting=csv.QUOTE_MINIMAL, strict=True)
-                try:
-                    header = [name.strip() for name in next(reader)]
-                    if column not in header:
+
+    def parse(lines: Iterator[str], data_format: DataFormat) -> list[str]:
+        return _from_jsonl(lines) if data_format == "jsonl" else _from_delimited(lines, data_format)
+
+    def _from_jsonl(lines: Iterator[str]) -> list[str]:
+        found = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                raise DataValidationError("not valid JSON", path=where, line=number) from None
+            if not isinstance(obj, dict) or column not in obj:
+                raise DataValidationError(f"missing column {column!r}", path=where, line=number)
+            found.append(_text(obj[column], f"column {column!r}", where, number, limit))
+        return found
+
+    def _from_delimited(lines: Iterator[str], data_format: DataFormat) -> list[str]:
+        reader = delimited_rows(lines, data_format)
+        found = []
+        try:
+            header = [name.strip() for name in next(reader)]
+            if column not in header:
+                raise DataValidationError(
+                    f"missing column {column!r} in the header (columns found: {header})", path=where, line=1
+                )
+            at = header.index(column)
+            for row in reader:
+                if row and any(field.strip() for field in row):
+                    if len(row) != len(header):
                         raise DataValidationError(
-                            f"missing column {column!r} in the header (columns found: {header})", path=where, line=1
+                            f"row has {len(row)} fields but the header has {len(header)}",
+                            path=where,
+                            line=reader.line_num,
                         )
-                    at = header.index(column)
-                    for row in reader:
-                        if row and any(field.strip() for field in row):
-                            if len(row) != len(header):
-                                raise DataValidationError(
-                                    f"row has {len(row)} fields but the header has {len(header)}",
-                                    path=where,
-                                    line=reader.line_num,
-                                )
-                            prompts.append(_text(row[at], f"column {column!r}", where, reader.line_num, limit))
-                except csv.Error as exc:
-                    raise DataValidationError(f"malformed CSV: {exc}", path=where, line=reader.line_num) from None
-    except FileAccessError as exc:
-        raise DataValidationError(exc.reason, path=where, line=exc.line) from None
+                    found.append(_text(row[at], f"column {column!r}", where, reader.line_num, limit))
+        except csv.Error as exc:
+            raise DataValidationError(f"malformed CSV: {exc}", path=where, line=reader.line_num) from None
+        return found
+
+    prompts = read_records(path, spec.format, limit, parse)
     if not prompts:
         raise DataValidationError("the file holds no prompts", path=where)
     return Prompts(prompts=tuple(prompts), source=where)

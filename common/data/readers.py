@@ -17,15 +17,20 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from common.data.dataset import LabeledTexts
 from common.data.files import FileAccessError, bounded_lines, open_regular_file, read_bounded
 from common.data.spec import DataFormat, DataSpec
 from common.errors import DataValidationError
+
+if TYPE_CHECKING:
+    from _csv import Reader
+
+RecordT = TypeVar("RecordT")
 
 _SUFFIX_FORMATS: dict[str, DataFormat] = {
     ".csv": "csv",
@@ -58,17 +63,13 @@ def read_labeled_file(
     spec = spec or DataSpec()
     path = Path(path)
     where = str(path)
-    try:
-        with open_regular_file(path) as handle:
-            data_format = _detect_format(path, spec.format)
-            lines = _from_first_content(_decoded_lines(handle, where, spec.max_line_bytes), where)
-            if data_format == "jsonl":
-                records = _parse_jsonl(lines, where, spec)
-            else:
-                delimiter = "\t" if data_format == "tsv" else ","
-                records = _parse_delimited(lines, where, spec, delimiter=delimiter)
-    except FileAccessError as exc:
-        raise DataValidationError(exc.reason, path=where, line=exc.line) from None
+
+    def parse(lines: Iterator[str], data_format: DataFormat) -> list[_RawRecord]:
+        if data_format == "jsonl":
+            return _parse_jsonl(lines, where, spec)
+        return _parse_delimited(lines, where, spec, data_format)
+
+    records = read_records(path, spec.format, spec.max_line_bytes, parse)
     if not records:
         raise DataValidationError("the file holds a header but no records", path=where)
     declared = label_names if label_names is not None else spec.labels
@@ -76,6 +77,39 @@ def read_labeled_file(
         declared = _read_sidecar_labels(path)
     labels, names = _resolve_labels(records, declared, where)
     return LabeledTexts(texts=tuple(r.text for r in records), labels=labels, label_names=names, source=where)
+
+
+def read_records(
+    path: Path,
+    requested: DataFormat,
+    max_line_bytes: int,
+    parse: Callable[[Iterator[str], DataFormat], list[RecordT]],
+) -> list[RecordT]:
+    """``parse`` of the decoded lines of ``path`` (from its first content line) in its detected format.
+
+    The one way every data file is opened: a regular file only, each line bounded by ``max_line_bytes``, UTF-8;
+    whatever goes wrong opening or reading it is a DataValidationError naming the file (and line).
+    """
+    where = str(path)
+    try:
+        with open_regular_file(path) as handle:
+            data_format = _detect_format(path, requested)
+            return parse(_from_first_content(_decoded_lines(handle, where, max_line_bytes), where), data_format)
+    except FileAccessError as exc:
+        raise DataValidationError(exc.reason, path=where, line=exc.line) from None
+
+
+def delimited_rows(lines: Iterable[str], data_format: DataFormat) -> Reader:
+    """A csv reader over ``lines`` for a CSV or TSV file.
+
+    TSV files (e.g. GLUE) do not quote fields, and their texts contain bare quotes: read them literally. A quoted
+    CSV field may span lines: the reader pulls as many (each bounded) as the record needs. ``line_num`` of the
+    returned reader is the line the current row ended on.
+    """
+    stream = _universal_lines(lines)
+    if data_format == "tsv":
+        return csv.reader(stream, delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
+    return csv.reader(stream, delimiter=",", quoting=csv.QUOTE_MINIMAL, strict=True)
 
 
 def _decoded_lines(handle: BinaryIO, where: str, max_line_bytes: int) -> Iterator[str]:
@@ -186,14 +220,8 @@ def _universal_lines(lines: Iterable[str]) -> Iterator[str]:
             yield line
 
 
-def _parse_delimited(lines: Iterable[str], where: str, spec: DataSpec, *, delimiter: str) -> list[_RawRecord]:
-    # TSV files (e.g. GLUE) do not quote fields, and their texts contain bare quotes: read them literally. A quoted
-    # CSV field may span lines: the reader pulls as many (each bounded) as the record needs.
-    stream = _universal_lines(lines)
-    if delimiter == "\t":
-        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_NONE, strict=True)
-    else:
-        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, strict=True)
+def _parse_delimited(lines: Iterator[str], where: str, spec: DataSpec, data_format: DataFormat) -> list[_RawRecord]:
+    reader = delimited_rows(lines, data_format)
     try:
         header = next(reader)
     except csv.Error as exc:

@@ -99,6 +99,21 @@ SeedOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32, or mixed precision (the forward pass under autocast; weights stay float32): bf16 (also with DP; "
+        "on CUDA it needs bf16 support, e.g. A100/H100) or fp16 (loss-scaled, so --no-dp only).",
+    ),
+]
+GradientCheckpointingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--gradient-checkpointing",
+        help="generate: recompute activations in the backward pass (less memory, about one more forward pass).",
+    ),
+]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (must be new or empty).")]
 LedgerOpt = Annotated[
     Path | None,

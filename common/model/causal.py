@@ -8,14 +8,18 @@ Invariants:
 * loading never reaches the network beyond what ``from_pretrained`` does offline (``HF_HUB_OFFLINE``): a model is a
   local directory or an already cached hub id, resolved by :func:`common.model.loading.resolve_base_model`;
 * weights load in float32 unless asked otherwise: DP-SGD clips and noises per-example gradients, which half precision
-  would round away (a bf16 checkpoint is upcast);
+  would round away (a bf16 checkpoint is upcast); mixed precision is autocast of the forward pass instead
+  (:mod:`common.training.precision`), which leaves the weights as they are;
 * every trainable parameter is a LoRA matrix, and LoRA's ``A``/``B`` are ``nn.Linear`` even when the adapted layer is
   GPT-2's ``Conv1D`` (peft then sets ``fan_in_fan_out``), so Opacus computes their per-example gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +162,60 @@ def apply_causal_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftMod
         fan_in_fan_out=_targets_conv1d(model, targets),
     )
     return wrap_with_lora(model, config, ffa=bool(settings.ffa), what=f"this {model_type or 'unknown'} model")
+
+
+def enable_gradient_checkpointing(
+    model: torch.nn.Module, *, recompute_context: Callable[[], AbstractContextManager[object]] | None = None
+) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (Chen et al. 2016).
+
+    Memory for activations drops from every layer's intermediates to each layer's input, for about one more forward
+    pass of compute. Uses transformers' non-reentrant checkpointing (``use_reentrant=False``: correct with inputs that
+    need no gradient, as with LoRA's frozen embeddings, and with keyword arguments). ``model`` is a peft model or a
+    transformers model. ``recompute_context`` (a factory) wraps each recomputation, e.g. to pause hooks that must see
+    each forward pass once (Opacus's: see :mod:`common.training.trainer`). Only training-mode forward passes are
+    checkpointed; undo with :func:`disable_gradient_checkpointing`.
+    """
+    base = check_gradient_checkpointing(model)
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if recompute_context is not None:
+        factory = recompute_context
+        kwargs["context_fn"] = lambda: (contextlib.nullcontext(), factory())
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def disable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Undo :func:`enable_gradient_checkpointing`, including the embedding hook transformers adds with it."""
+    base = _transformers_model(model)
+    if hasattr(base, "activation_checkpointing_disable"):
+        base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_disable()
+    # transformers makes the embeddings' output require grad when enabling (for reentrant checkpointing) but removes
+    # that hook again only for models it loaded an adapter into itself.
+    base.disable_input_require_grads()
+
+
+def check_gradient_checkpointing(model: torch.nn.Module) -> Any:
+    """The transformers model under ``model`` if it supports gradient checkpointing; a ModelError otherwise."""
+    base = _transformers_model(model)
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ModelError(f"{type(base).__name__} does not support gradient checkpointing (--gradient-checkpointing)")
+    return base
+
+
+def is_gradient_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether any layer of ``model`` has checkpointing switched on."""
+    return any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+
+
+def _transformers_model(model: torch.nn.Module) -> Any:
+    """The transformers model under a peft wrapper (or ``model`` itself)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
 
 
 def _targets_conv1d(model: torch.nn.Module, targets: tuple[str, ...]) -> bool:

@@ -13,6 +13,7 @@ from common.model.lora import LoraSettings
 from common.model.pooling import Pooling
 from common.privacy.accountant import AccountantName
 from common.training.class_weights import parse_class_weights
+from common.training.precision import Precision
 from common.training.schedule import ScheduleKind
 from common.training.selection import SelectionSettings
 
@@ -110,6 +111,7 @@ class TrainJob(BaseModel):
     split_seed: int = 0
     seed: int | None = None  # initialisation, sampling and noise; None: fresh OS entropy (noise cannot be replayed)
     device: DeviceChoice = "auto"
+    precision: Precision = "fp32"  # autocast of the forward pass (common/training/precision.py); the site's, as device
     selection: SelectionSettings = SelectionSettings()  # the kept epoch, by the evaluation split; early stopping
     strict_data: bool = False  # refuse, instead of warning about, data the model covers badly (data/coverage.py)
 

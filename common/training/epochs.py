@@ -144,11 +144,13 @@ def train_epochs(
     class_weights: torch.Tensor | None = None,
     task: TrainTask | None = None,
     evaluate_fn: Callable[[], Any] | None = None,
+    gradient_checkpointing: bool = False,
 ) -> EpochsOutcome:
     """Train ``plan.epochs`` passes (stopping early by ``job.selection``); the kept pass's adapter ends in ``model``.
 
     ``task`` is the trainer's task (None: classification); ``evaluate_fn`` evaluates the model after a pass and
-    returns metrics with ``to_dict()`` (None: classification metrics on ``eval_data``).
+    returns metrics with ``to_dict()`` (None: classification metrics on ``eval_data``). Every pass trains in
+    ``job.precision``, with gradient checkpointing when ``gradient_checkpointing``.
     """
     training = plan.training
     schedule = LrSchedule.over(training.lr_schedule, plan.steps.steps, training.warmup_fraction)
@@ -177,6 +179,8 @@ def train_epochs(
             optimizer_state=optimizer_state,
             class_weights=class_weights,
             task=task,
+            precision=job.precision,
+            gradient_checkpointing=gradient_checkpointing,
         )
         if result.event != plan.epoch_event:  # the trainer must have done exactly what was reserved
             raise RuntimeError(f"trained {result.event} but reserved {plan.epoch_event}")

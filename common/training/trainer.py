@@ -6,15 +6,27 @@ add Gaussian noise of standard deviation ``sigma * C``, divide by the *expected*
 base optimizer. Logical batches are split into bounded physical chunks whose clipped sums accumulate before the one
 noisy step. An empty Poisson batch still performs a (noise-only) step, exactly as the analysis counts it.
 
+Mixed precision (``precision``, :mod:`common.training.precision`; Micikevicius et al., ICLR 2018) runs the forward
+pass and the loss under autocast; the LoRA weights, their gradients and Opacus's sums and noise stay float32. Under
+DP, fp16 is refused (its loss scaling breaks the clip bound) and bf16 hands Opacus a clip slightly below C with a
+noise multiplier raised to match, so the mechanism is exactly the planned (sigma, C) despite bf16 norms.
+
+Gradient checkpointing (:func:`common.model.causal.enable_gradient_checkpointing`; Chen et al. 2016) recomputes each
+layer's activations in the backward pass. Under DP, Opacus's hooks are paused during the recomputation
+(:func:`pause_opacus_hooks` says why); per-sample gradients are then those of the run without checkpointing (tested
+bit for bit). Opacus still keeps each LoRA layer's input until the backward pass, so under DP it saves less memory.
+
 Invariants:
 * every planned step is taken, whatever the batch sizes drawn, so the returned event (sigma, q, steps) is exactly
   what the accountant must charge;
 * only adapter parameters are trainable; the returned adapter is a detached CPU copy;
-* Opacus hooks are removed before returning, so the model can be trained again (e.g. the next round).
+* Opacus hooks are removed and checkpointing switched off before returning, so the model can be trained again (e.g.
+  the next round) and evaluated as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import time
@@ -30,11 +42,13 @@ from common.model.adapter import AdapterState, adapter_state
 from common.privacy.events import DpSgdEvent
 from common.training.batches import StepPlan, poisson_batches, shuffled_batches
 from common.training.config import TrainConfig
+from common.training.precision import MixedPrecision, Precision, opacus_clip_and_noise
 from common.training.progress import ProgressCallback
 from common.training.schedule import LrSchedule
 from common.training.task import ClassificationTask, TrainData, TrainTask
 
 if TYPE_CHECKING:
+    from opacus import GradSampleModule
     from peft import PeftModel
 
 
@@ -100,6 +114,8 @@ def train_adapter(
     class_weights: torch.Tensor | None = None,
     optimizer_state: dict[str, Any] | None = None,
     task: TrainTask | None = None,
+    precision: Precision = "fp32",
+    gradient_checkpointing: bool = False,
 ) -> TrainOutcome:
     """Run ``plan.steps`` optimiser steps on ``data`` and return the trained adapter.
 
@@ -114,6 +130,13 @@ def train_adapter(
     optimiser's moments from an earlier call (its state is returned in the outcome). ``task`` says how chunks are
     formed and their loss computed (:mod:`common.training.task`); None is sequence classification on ``data``'s
     labels, the only task ``class_weights`` applies to.
+
+    ``precision`` runs the forward pass and the loss under autocast (bf16/fp16; fp32: none). Under DP with bf16,
+    Opacus gets ``C' = C * (1 - 2^-6)`` and ``sigma * C / C'``: each example's clipped gradient stays within C although
+    Opacus computes its norm in bf16, and the noise's standard deviation is exactly ``sigma * C``; the returned event
+    carries the planned sigma and C (:mod:`common.training.precision`). fp16 under DP is a ConfigError.
+    ``gradient_checkpointing`` recomputes activations in the backward pass (transformers models; exact under Opacus,
+    see the module docstring) and is switched off again before returning.
     """
     if task is not None and class_weights is not None:
         raise ValueError("class_weights apply to the default classification task only")
@@ -121,6 +144,7 @@ def train_adapter(
         raise ValueError("train_adapter needs a learning rate; resolve the config with the recipe first")
     if len(data) != plan.num_examples:
         raise ValueError(f"plan is for {plan.num_examples} examples but the data has {len(data)}")
+    amp = MixedPrecision(precision, device, private=dp is not None)  # validated before anything changes
     if seed is not None:
         torch.manual_seed(seed)  # dropout
     sampling_rng = make_generator(seed, torch.device("cpu"))
@@ -149,16 +173,24 @@ def train_adapter(
         from opacus.optimizers import DPOptimizer
         from opacus.validators import ModuleValidator
 
+        from common.model.causal import is_gradient_checkpointing
+
+        if not gradient_checkpointing and is_gradient_checkpointing(model):  # switched on elsewhere: no hook pause
+            raise ModelError("the model has gradient checkpointing on: pass gradient_checkpointing=True under DP")
         errors = ModuleValidator.validate(model, strict=False)
         if errors:
             raise ModelError(f"the model cannot be trained with Opacus: {errors[0]}")
         # "hooks" mode clips through any loss; "ghost" mode would silently skip clipping with model(labels=...).loss.
         grad_sample_module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=False)
         forward_model = grad_sample_module
+        # The planned (sigma, C) as Opacus must be told it: unchanged but under bf16 (common/training/precision.py).
+        mechanism = opacus_clip_and_noise(
+            noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, precision=amp.precision
+        )
         dp_optimizer = DPOptimizer(
             optimizer,
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
+            noise_multiplier=mechanism.noise_multiplier,
+            max_grad_norm=mechanism.max_grad_norm,
             expected_batch_size=plan.batch_size,
             loss_reduction="mean",
             generator=make_generator(None if seed is None else seed + 1, device),
@@ -170,8 +202,9 @@ def train_adapter(
 
     started = time.perf_counter()
     outcome = TrainOutcome(adapter={}, event=None, steps=0, examples_seen=0, empty_batches=0, seconds=0.0)
+    checkpointing = _checkpointed(model, grad_sample_module) if gradient_checkpointing else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), checkpointing:
             # Opacus's full backward hooks make torch note that token ids (integer inputs) need no gradient.
             warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
             for logical in batches:
@@ -187,6 +220,7 @@ def train_adapter(
                     task,
                     device,
                     config.physical_batch_size,
+                    amp,
                 )
                 outcome.steps += 1
                 outcome.examples_seen += len(logical)
@@ -249,6 +283,7 @@ def _logical_step(
     task: TrainTask,
     device: torch.device,
     physical_batch_size: int,
+    amp: MixedPrecision,
 ) -> float | None:
     """One optimiser step over a logical batch; returns its mean loss (None for an empty batch)."""
     chunks = task.chunks(logical, data, physical_batch_size)
@@ -257,12 +292,13 @@ def _logical_step(
         last = position == len(chunks) - 1
         if chunk:
             inputs, labels = data.batch(chunk, device)
-            loss = task.loss(model, inputs, labels)
+            with amp.autocast():  # the forward pass and the loss; backward runs outside autocast
+                loss = task.loss(model, inputs, labels)
             loss_sum += loss.item() * len(chunk)
             if dp_optimizer is None:
                 # Weight each chunk by its share so accumulated gradients are the logical batch's mean.
                 loss = loss * (len(chunk) / len(logical))
-            loss.backward()
+            amp.backward(loss)
         else:
             _set_empty_grad_samples(optimizer)
         if dp_optimizer is not None:
@@ -271,7 +307,7 @@ def _logical_step(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     if dp_optimizer is None:
-        optimizer.step()
+        amp.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
     return loss_sum / len(logical) if logical else None
 
@@ -286,3 +322,36 @@ def _set_empty_grad_samples(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for param in group["params"]:
             param.grad_sample = torch.zeros((0, *param.shape), device=param.device, dtype=param.dtype)
+
+
+@contextlib.contextmanager
+def _checkpointed(model: torch.nn.Module, gsm: GradSampleModule | None) -> Iterator[None]:
+    """Gradient checkpointing while training; under DP (``gsm``), with Opacus's hooks paused during recomputation."""
+    from common.model.causal import disable_gradient_checkpointing, enable_gradient_checkpointing
+
+    enable_gradient_checkpointing(model, recompute_context=None if gsm is None else lambda: pause_opacus_hooks(gsm))
+    try:
+        yield
+    finally:
+        disable_gradient_checkpointing(model)
+
+
+@contextlib.contextmanager
+def pause_opacus_hooks(grad_sample_module: GradSampleModule) -> Iterator[None]:
+    """Opacus's hooks off while checkpointing recomputes a layer during the backward pass.
+
+    Opacus's forward hook stores each trainable layer's input, and counts the pass, on every training-mode forward
+    pass; its backward hook pops one input and decrements the count once per backward pass, and publishes the
+    per-sample gradients when the count is back at zero. A recomputation is a second forward pass for the same
+    backward pass: left on, it pushes an input that is never popped (the module carries it into the next chunk) and
+    the count never returns to zero, so ``grad_sample`` is never set. The recomputation repeats the original pass
+    (same inputs, RNG state and autocast), so the input stored the first time is the one it would store. Whatever
+    the per-sample gradients are, Opacus clips the very vectors it sums, so the privacy bound does not depend on it.
+    """
+    enabled = grad_sample_module.hooks_enabled
+    grad_sample_module.disable_hooks()
+    try:
+        yield
+    finally:
+        if enabled:
+            grad_sample_module.enable_hooks()

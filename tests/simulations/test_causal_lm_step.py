@@ -1,4 +1,4 @@
-"""The causal-LM step benchmark's helpers (presets, medians, ratios, the random data) and one tiny smoke run."""
+"""The causal-LM step benchmark's helpers (presets, medians, ratios, the random data) and tiny smoke runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.training.causal_batches import IGNORE_INDEX
-from simulations.benchmarks.causal_lm_step import (
+from simulations.benchmarks.causal_lm_parts import (
     MEMORY_GOAL,
     PRESETS,
     TIME_GOAL,
@@ -102,10 +102,25 @@ def test_random_tokens_label_the_second_half_and_count_what_they_serve():
         data.batch([], torch.device("cpu"))
 
 
+def test_fp16_is_not_offered_since_the_dp_arm_could_not_run_it():
+    done = subprocess.run(
+        [sys.executable, "-m", "simulations.benchmarks.causal_lm_step", "--precision", "fp16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "invalid choice: 'fp16'" in done.stderr
+
+
 @pytest.mark.slow
-def test_tiny_run_end_to_end(tmp_path):
+@pytest.mark.parametrize(
+    ("options", "precision", "checkpointing"),
+    [([], "fp32", False), (["--precision", "bf16", "--gradient-checkpointing"], "bf16", True)],
+    ids=["fp32", "bf16-checkpointed"],
+)
+def test_tiny_run_end_to_end(tmp_path, options, precision, checkpointing):
     out = tmp_path / "causal.json"
-    command = ["--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu"]
+    command = ["--size", "tiny", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu", *options]
     done = subprocess.run(
         [sys.executable, "-m", "simulations.benchmarks.causal_lm_step", *command, "--json", str(out)],
         capture_output=True,
@@ -114,12 +129,16 @@ def test_tiny_run_end_to_end(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "time ratio (dp/plain)" in done.stdout and "memory ratio (dp/plain)" in done.stdout
+    on_off = "on" if checkpointing else "off"
+    assert f"precision {precision}, gradient checkpointing {on_off}" in done.stdout.splitlines()[0]
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["dtype"] == "float32"
+    assert (report["precision"], report["gradient_checkpointing"]) == (precision, checkpointing)
     assert report["parameters"] == parameter_count(PRESETS["tiny"])
     for arm in ("dp", "plain"):
         (run,) = report["runs"][arm]
         assert run["step_tokens"] == [8 * 256]  # one measured step of the whole 8 x 256 batch, in both arms
         assert run["examples_seen"] == 2 * 8
+        assert (run["precision"], run["gradient_checkpointing"]) == (precision, checkpointing)  # both arms alike
         assert report["arms"][arm]["median_step_s"] > 0 and report["arms"][arm]["peak_memory_mb"] > 0
     assert report["comparison"]["time_ratio"] > 0 and report["comparison"]["memory_ratio"] > 0

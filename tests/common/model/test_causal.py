@@ -13,8 +13,11 @@ from common.model.causal import (
     DEFAULT_TARGETS,
     apply_causal_lora,
     default_targets,
+    disable_gradient_checkpointing,
+    enable_gradient_checkpointing,
     ensure_pad_token,
     is_causal_lm,
+    is_gradient_checkpointing,
     load_causal_lm,
 )
 from common.model.loading import load_tokenizer, resolve_base_model
@@ -110,3 +113,20 @@ def test_ensure_pad_token_uses_eos_only_when_missing(llama_ref, gpt2_ref):
     assert ensure_pad_token(gpt2).pad_token_id == gpt2.eos_token_id
     llama = ensure_pad_token(load_tokenizer(llama_ref))
     assert llama.pad_token == "<pad>" and llama.pad_token_id != llama.eos_token_id
+
+
+def test_gradient_checkpointing_switches_on_and_off_without_leaving_hooks(llama_ref):
+    model = apply_causal_lora(load_causal_lm(llama_ref), LoraSettings(r=4))
+    embeddings = model.get_input_embeddings()
+    hooks_before = len(embeddings._forward_hooks)
+    assert not is_gradient_checkpointing(model)
+    enable_gradient_checkpointing(model)
+    assert is_gradient_checkpointing(model) and is_gradient_checkpointing(model.get_base_model())
+    disable_gradient_checkpointing(model)
+    assert not is_gradient_checkpointing(model)
+    assert len(embeddings._forward_hooks) == hooks_before  # transformers' input-grad hook is gone too
+
+
+def test_gradient_checkpointing_needs_a_model_that_supports_it():
+    with pytest.raises(ModelError, match="does not support gradient checkpointing"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2))

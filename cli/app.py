@@ -53,10 +53,11 @@ def _root(
 
 
 def _register_commands() -> None:
-    from cli import audit, certs, client, generate, sample, server, simulate, train
+    from cli import audit, certs, client, generate, predict, sample, server, simulate, train
 
     app.command("train")(train.train)
     app.command("generate")(generate.generate)
+    app.command("predict")(predict.predict)
     app.command("simulate")(simulate.simulate)
     app.add_typer(server.server_app, name="server")
     app.add_typer(client.client_app, name="client")

@@ -22,13 +22,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.data.dedupe import normalise
-from common.data.readers import _check_unicode, delimited_rows, read_records
+from common.data.fields import ChatTurns, checked_text, read_chat
+from common.data.readers import delimited_rows, read_records
 from common.data.spec import DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT, DataFormat, utf8_problem
-from common.data.templates import ROLES, Turn, chat_transcript
+from common.data.templates import ROLES, chat_transcript
 from common.errors import DataValidationError
 
 _FINGERPRINT_VERSION = b"fedtune-pairs-v1"
-ChatTurns = tuple[Turn, ...]
 
 
 @dataclass(frozen=True)
@@ -165,17 +165,6 @@ def read_pairs_file(path: str | Path, spec: PairSpec | None = None) -> PromptRes
     return PromptResponsePairs(prompts=prompts, responses=responses, source=where, turns=turns)
 
 
-def _text(value: object, what: str, where: str, line: int, limit: int) -> str:
-    if not isinstance(value, str):
-        raise _bad(where, line, f"{what} must be a string; got {type(value).__name__} {value!r}")
-    if not value.strip():
-        raise _bad(where, line, f"{what} is empty")
-    _check_unicode(value, what, where, line)
-    if len(value.encode()) > limit:
-        raise _bad(where, line, f"{what} is over the limit of {limit:,} bytes")
-    return value
-
-
 def _parse_jsonl(lines: Iterable[str], where: str, spec: PairSpec) -> list[_Record]:
     records: list[_Record] = []
     limit = spec.max_line_bytes
@@ -210,34 +199,16 @@ def _parse_jsonl(lines: Iterable[str], where: str, spec: PairSpec) -> list[_Reco
                 number,
                 f"missing column {' and '.join(map(repr, missing))}{alternative} (this line has {sorted(obj)})",
             )
-        prompt = _text(obj[spec.prompt_column], f"column {spec.prompt_column!r}", where, number, limit)
-        response = _text(obj[spec.response_column], f"column {spec.response_column!r}", where, number, limit)
+        prompt = checked_text(obj[spec.prompt_column], f"column {spec.prompt_column!r}", where, number, limit)
+        response = checked_text(obj[spec.response_column], f"column {spec.response_column!r}", where, number, limit)
         records.append((prompt, response, None))
     return records
 
 
 def _chat_record(messages: object, column: str, where: str, line: int, limit: int) -> _Record:
-    if not isinstance(messages, list) or not messages:
-        got = "an empty list" if isinstance(messages, list) else type(messages).__name__
-        raise _bad(where, line, f"column {column!r} must be a non-empty list of {{'role', 'content'}} turns; got {got}")
-    turns: list[Turn] = []
-    for index, turn in enumerate(messages, start=1):
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise _bad(
-                where, line, f"turn {index} of {column!r} must be an object with 'role' and 'content'; got {turn!r}"
-            )
-        role = turn["role"]
-        if role not in ROLES:
-            allowed = ", ".join(map(repr, ROLES))
-            raise _bad(where, line, f"turn {index} has the unknown role {role!r} (allowed: {allowed})")
-        what = "the response (last 'assistant' turn)" if index == len(messages) else f"turn {index} ({role!r})"
-        turns.append((role, _text(turn["content"], what, where, line, limit)))
-    if turns[-1][0] != "assistant":
-        raise _bad(where, line, f"the last turn must be the 'assistant' response; it is {turns[-1][0]!r}")
-    if not any(role == "user" for role, _ in turns[:-1]):
-        raise _bad(where, line, "no 'user' turn before the response: nothing to respond to")
-    prompt_turns = tuple(turns[:-1])
-    return (chat_transcript(prompt_turns), turns[-1][1], prompt_turns)
+    chat = read_chat(messages, column, where, line, limit, response_required=True)
+    assert chat.response is not None  # response_required
+    return (chat.transcript, chat.response, chat.prompt_turns)
 
 
 def _parse_delimited(lines: Iterator[str], where: str, spec: PairSpec, data_format: DataFormat) -> list[_Record]:
@@ -265,7 +236,7 @@ def _parse_delimited(lines: Iterator[str], where: str, spec: PairSpec, data_form
         if len(row) != len(header):
             raise _bad(where, number, f"row has {len(row)} fields but the header has {len(header)}")
         limit = spec.max_line_bytes
-        prompt = _text(row[prompt_at], f"column {spec.prompt_column!r}", where, number, limit)
-        response = _text(row[response_at], f"column {spec.response_column!r}", where, number, limit)
+        prompt = checked_text(row[prompt_at], f"column {spec.prompt_column!r}", where, number, limit)
+        response = checked_text(row[response_at], f"column {spec.response_column!r}", where, number, limit)
         records.append((prompt, response, None))
     return records

@@ -99,17 +99,27 @@ def load_adapter_state(model: PeftModel, state: AdapterState, *, partial: bool =
 
 
 def save_adapter(
-    model: PeftModel, directory: Path, *, base_model_name: str, task: str = "classify", template: str | None = None
+    model: PeftModel,
+    directory: Path,
+    *,
+    base_model_name: str,
+    task: str = "classify",
+    template: str | None = None,
+    max_length: int | None = None,
 ) -> Path:
     """Write the adapter in standard PEFT format, recording ``base_model_name`` as its base model.
 
     Beside PEFT's files, ``fedtune_model.json`` records what PEFT does not: the task, and the pooling and label
-    names (classify) or the prompt template (generate), so that ``fedtune predict``/``generate`` use the adapter as
-    it was trained. A file without ``task`` is a classifier's (written before generation existed).
+    names (classify) or the prompt template (generate), and the token ``max_length`` inputs were truncated to in
+    training and evaluation, so that ``fedtune predict``/``generate`` use the adapter as it was trained. Fields are
+    only ever added: a file without ``task`` is a classifier's (written before generation existed), and one without
+    ``max_length`` predates it (readers then use the training default).
     """
     directory.mkdir(parents=True, exist_ok=True)
     base_config: Any = model.get_base_model().config
     info: dict[str, Any] = {"format": MODEL_INFO_FORMAT, "base_model": base_model_name, "task": task}
+    if max_length is not None:
+        info["max_length"] = max_length
     if task == "generate":
         info["template"] = template
     else:

@@ -197,3 +197,23 @@ def test_render_prompt_with_and_without_a_chat_template():
     assert render_prompt("x", None, None) == PLAIN_TEMPLATE.format(prompt="x")
     assert template_name(turns, with_template) == "chat-template"
     assert template_name(turns, without) == template_name(None, with_template) == "plain"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        "hello",
+        [{"role": "user"}],
+        [{"role": "bot", "content": "x"}],
+        [CHAT[0], {"role": "user", "content": ""}, CHAT[2]],
+        [*CHAT[:2], {"role": "assistant", "content": 3}],
+        [CHAT[0], CHAT[2]],
+    ],
+)
+def test_training_and_generation_refuse_a_bad_chat_with_the_same_message(tmp_path, messages):
+    from common.data.prompts import read_prompts_file
+
+    path = _jsonl(tmp_path, {"messages": messages})
+    with pytest.raises(DataValidationError) as prompts_error:
+        read_prompts_file(path)
+    assert _error(path) == str(prompts_error.value)

@@ -43,11 +43,27 @@ def start(
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="Older spelling of --release-metrics accuracy,macro-f1,loss.")
     ] = False,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="What --data holds: classify (labelled texts) or generate (prompt/response pairs); a run of the "
+            "other task is refused.",
+        ),
+    ] = "classify",
     text_column: opt.TextColumnOpt = "text",
     label_column: opt.LabelColumnOpt = "label",
+    prompt_column: Annotated[
+        str, typer.Option("--prompt-column", help="generate: column of the prompts (JSONL messages also read).")
+    ] = "prompt",
+    response_column: Annotated[
+        str, typer.Option("--response-column", help="generate: column of the responses.")
+    ] = "response",
     labels: opt.LabelsOpt = None,
     signing_key: opt.SigningKeyOpt = None,
     device: opt.DeviceOpt = "auto",
+    precision: opt.PrecisionOpt = "fp32",
+    gradient_checkpointing: opt.GradientCheckpointingOpt = False,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plaintext, no authentication. Never for real data.")
     ] = False,
@@ -97,12 +113,17 @@ def start(
             "max_epsilon": parse_limit(max_epsilon),
             "delta": delta,
             "signing_key": signing_key.resolve() if signing_key else None,
+            "task": task,
             "text_column": text_column,
             "label_column": label_column,
+            "prompt_column": prompt_column,
+            "response_column": response_column,
             "labels": labels,  # the site's own label set: a run whose labels differ is refused
             "release_metrics": release_metrics,
             **({"evaluate": True} if evaluate else {}),
             "device": device,
+            "precision": precision,
+            "gradient_checkpointing": gradient_checkpointing,
         },
         context="option",
     )

@@ -7,20 +7,30 @@ from rich.table import Table
 from cli.display import fmt
 from common.federation import protocol as p
 from common.federation.rounds import FederationResult, RoundRecord, Status
+from common.model.task import ModelTask
 
 HEADERS = ("round", "trained", "refused", "rejected", "crashed", "server loss", "server acc", "sites acc", "epsilon")
+#: A generate run's score columns: ROUGE-L of the server's generations, and the loss sites release.
+GENERATE_HEADERS = (*HEADERS[:6], "server ROUGE-L", "sites loss", "epsilon")
+#: The metrics behind the two score columns, per task: (server's, sites').
+SCORES: dict[ModelTask, tuple[str, str]] = {"classify": ("accuracy", "accuracy"), "generate": ("rouge_l", "loss")}
 
 
-def round_table() -> Table:
+def headers(task: ModelTask = "classify") -> tuple[str, ...]:
+    """The progress fields' names for a run of ``task``."""
+    return GENERATE_HEADERS if task == "generate" else HEADERS
+
+
+def round_table(task: ModelTask = "classify") -> Table:
     """An empty table with one column per progress field."""
     table = Table(title="Rounds", title_justify="left")
-    for header in HEADERS:
+    for header in headers(task):
         table.add_column(header, justify="right")
     return table
 
 
-def round_row(record: RoundRecord) -> tuple[str, ...]:
-    """The progress fields of one round record (counts per status, accuracies, epsilon range).
+def round_row(record: RoundRecord, task: ModelTask = "classify") -> tuple[str, ...]:
+    """The progress fields of one round record (counts per status, the server's loss, scores, epsilon range).
 
     The loss is the server's, on its own held-out data: sites send no training loss (it is a query on their data
     without noise).
@@ -30,19 +40,20 @@ def round_row(record: RoundRecord) -> tuple[str, ...]:
     server = record.server_eval or {}
     federated = record.federated_eval or {}
     epsilon = f"{min(spent):.3g}..{max(spent):.3g}" if spent else "-"
+    server_score, sites_score = SCORES[task]
     return (
         str(record.round),
         *(str(len(record.with_status(status))) for status in counted),
         fmt(server.get("loss")),
-        fmt(server.get("accuracy")),
-        fmt(federated.get("accuracy")),
+        fmt(server.get(server_score)),
+        fmt(federated.get(sites_score)),
         epsilon,
     )
 
 
-def round_line(row: tuple[str, ...]) -> str:
+def round_line(row: tuple[str, ...], task: ModelTask = "classify") -> str:
     """One log-friendly line: ``round=1  trained=3  ...``."""
-    return "  ".join(f"{h}={v}" for h, v in zip(HEADERS, row, strict=True))
+    return "  ".join(f"{h}={v}" for h, v in zip(headers(task), row, strict=True))
 
 
 def selection_line(result: FederationResult) -> str:

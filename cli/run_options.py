@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from cli.options import DeltaOpt, LoraAlphaOpt, LoraROpt, ModelOpt, PoolingOpt
-from common.federation.config import FederationConfig, parse_run_config
+from common.federation.config import GENERATE_DEFAULTS, FederationConfig, parse_run_config
+from common.model.task import ModelTask, resolve_task
 
 #: The run's defaults, as the config model declares them (``DEFAULTS.training.batch_size`` ...).
 DEFAULTS = FederationConfig()
@@ -62,7 +63,32 @@ StrictDataOpt = Annotated[
         help="Refuse (instead of warn about) data the model's tokenizer covers badly or --max-length cuts often.",
     ),
 ]
-MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Tokens kept per text.")]
+MaxLengthOpt = Annotated[
+    int | None, typer.Option("--max-length", help="Tokens kept per example. Default: 64 classify, 256 generate.")
+]
+TaskOpt = Annotated[
+    str,
+    typer.Option(
+        "--task",
+        help=(
+            "classify (labelled text) or generate (instruction -> response SFT of a causal LM, from prompt/response "
+            "pairs). Default auto: from the model's config."
+        ),
+    ),
+]
+MaxTokensOpt = Annotated[
+    int, typer.Option("--max-tokens", help="generate: padded tokens per physical batch at each site (memory bound).")
+]
+MaxNewTokensOpt = Annotated[
+    int, typer.Option("--max-new-tokens", help="generate: most tokens a server-side evaluation generation adds.")
+]
+EvalGenerationsOpt = Annotated[
+    int,
+    typer.Option(
+        "--eval-generations",
+        help="generate: held-out prompts the server generates from per round (ROUGE-L, BLEU, exact match).",
+    ),
+]
 SitesPerRoundOpt = Annotated[
     int, typer.Option("--sites-per-round", help="Sites sampled per round (0 = all that still have budget).")
 ]
@@ -114,12 +140,13 @@ ServerTauOpt = Annotated[
     float, typer.Option("--server-tau", help="Adaptivity of adam/yogi (added to sqrt(v); Reddi et al.'s tau).")
 ]
 SelectMetricOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--select-metric",
         help=(
             "Keep the adapter of the round best by this metric on the server's held-out data (--eval-data): "
-            "accuracy, macro_f1 (highest) or loss (lowest). Server-owned data: no site privacy spent."
+            "accuracy, macro_f1 (highest) or loss (lowest). Default: accuracy classify, loss generate. "
+            "Server-owned data: no site privacy spent."
         ),
     ),
 ]
@@ -136,6 +163,7 @@ PatienceOpt = Annotated[
 #: name it; its default is :data:`DEFAULTS`' value for the key.
 SHARED_OPTIONS: dict[str, tuple[Any, str]] = {
     "model": (ModelOpt, "model"),
+    "task": (TaskOpt, "task"),
     "pooling": (PoolingOpt, "pooling"),
     "strategy": (StrategyOpt, "strategy"),
     "rounds": (RoundsOpt, "num-rounds"),
@@ -168,7 +196,13 @@ SHARED_OPTIONS: dict[str, tuple[Any, str]] = {
     "server_tau": (ServerTauOpt, "server-tau"),
     "select_metric": (SelectMetricOpt, "select-metric"),
     "patience": (PatienceOpt, "patience"),
+    "max_tokens": (MaxTokensOpt, "max-tokens"),
+    "max_new_tokens": (MaxNewTokensOpt, "max-new-tokens"),
+    "eval_generations": (EvalGenerationsOpt, "eval-generations"),
 }
+#: Options whose default depends on the task (:data:`~common.federation.config.GENERATE_DEFAULTS`): None on the
+#: command line means "the task's default".
+TASK_DEFAULTED = frozenset(GENERATE_DEFAULTS)
 
 RunOptions = dict[str, Any]
 """The shared options' values by run-config key, as a command decorated with :func:`with_run_options` receives them."""
@@ -181,7 +215,7 @@ def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
     (without ``run``) followed by the shared options, keyword-only, each with the config model's default.
     """
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "run"]
-    defaults = DEFAULTS.to_run_config()
+    defaults: dict[str, object] = {**DEFAULTS.to_run_config(), **dict.fromkeys(TASK_DEFAULTED)}
     shared = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[key], annotation=option)
         for name, (option, key) in SHARED_OPTIONS.items()
@@ -204,4 +238,11 @@ def federation_config(run: RunOptions, values: Mapping[str, Any]) -> FederationC
     """
     names = {key: "--" + name.replace("_", "-") for name, (_, key) in SHARED_OPTIONS.items()}
     names.update({key: f"--{key}" for key in values})
-    return parse_run_config({**run, **values}, context="option", names=names)
+    given = {key: value for key, value in {**run, **values}.items() if value is not None}
+    given["task"] = run_task(run)  # resolved here, once: the sites receive the concrete task
+    return parse_run_config(given, context="option", names=names)
+
+
+def run_task(run: RunOptions) -> ModelTask:
+    """The run's concrete task: ``--task``, or for ``auto`` what ``--model``'s config says."""
+    return resolve_task(str(run.get("task", "auto")), str(run.get("model", DEFAULTS.model)))

@@ -74,10 +74,16 @@ def start(
             "--insecure: traffic is NOT encrypted and ANY SuperNode may join. Never use it with real data."
         )
     out = out.resolve()
+    task = ro.run_task(run)
+    generate = task == "generate"
+    if generate and eval_data is not None:
+        from common.data.pairs import read_pairs_file
+
+        read_pairs_file(eval_data)  # validated before anything starts (the server reads it again)
     config = ro.federation_config(
         run,
         {
-            "labels": _labels(labels, eval_data),
+            "labels": None if generate else _labels(labels, eval_data),
             "eval-data": str(eval_data.resolve()) if eval_data else "",
             "out-dir": str(out),
             "seed": seed,
@@ -102,7 +108,7 @@ def start(
         console.print(f"run {run_id} submitted; enrolled sites may join now; waiting for sites")
 
     def on_round(record: RoundRecord) -> None:
-        console.print(round_line(round_row(record)))
+        console.print(round_line(round_row(record, task), task))
 
     result = FederationResult.from_metrics(serve(launch, config, on_ready=on_ready, on_round=on_round), out)
     console.print(f"run {result.run_id}: {result.completed_rounds} of {result.planned_rounds} rounds")

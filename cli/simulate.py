@@ -16,6 +16,7 @@ from common.privacy.budget import parse_limit
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from common.data.pairs import PairSpec
     from common.federation.rounds import RoundRecord
     from common.federation.site import SiteSettings
 
@@ -44,6 +45,12 @@ def simulate(
     text_column: opt.TextColumnOpt = opt.DATA_DEFAULTS.text_column,
     label_column: opt.LabelColumnOpt = opt.DATA_DEFAULTS.label_column,
     labels: opt.LabelsOpt = None,
+    prompt_column: Annotated[
+        str, typer.Option("--prompt-column", help="generate: column of the prompts (JSONL messages also read).")
+    ] = "prompt",
+    response_column: Annotated[
+        str, typer.Option("--response-column", help="generate: column of the responses.")
+    ] = "response",
     seed: Annotated[
         int | None,
         typer.Option("--seed", help="Seed of the split, partition, init and (for reproducibility) the sites' noise."),
@@ -64,6 +71,8 @@ def simulate(
     """Simulate a federation locally: every site trains with DP-SGD under its own ledger; the server aggregates.
 
     With no options: the built-in sample data, 4 IID sites, MiniLM, FFA-LoRA, 3 rounds, epsilon 8 per site.
+    With a causal LM (--model DIR; --task generate): instruction -> response fine-tuning on prompt/response pairs
+    (default data: the built-in synthetic instructions).
     The run directory receives the final adapter (PEFT format), metrics.json, privacy_report.json, progress.png,
     every site's ledger, and checkpoints. The command fails if any site crashed.
     """
@@ -77,7 +86,9 @@ def simulate(
         site_data=tuple(site_data or ()),
         sites=sites,
         partition=partition,
+        task=ro.run_task(run),
         data_spec=opt.data_spec(fmt="auto", text_column=text_column, label_column=label_column, labels=labels),
+        pair_spec=pair_spec(prompt_column, response_column),
         site_max_epsilon=parse_limit(site_max_epsilon) if site_max_epsilon is not None else None,
         resume=resume,
         cpus_per_site=cpus_per_site,
@@ -95,13 +106,14 @@ def simulate(
     )
     for line in prepared.recipe_lines:
         console.print(line, markup=False)
-    table = round_table()
+    task = request.task
+    table = round_table(task)
     with console.status("starting the simulation engine (Ray)...") as status:
 
         def on_round(record: RoundRecord) -> None:
-            row = round_row(record)
+            row = round_row(record, task)
             table.add_row(*row)
-            console.print(round_line(row))
+            console.print(round_line(row, task))
             status.update(f"round {record.round} of {prepared.config.num_rounds} done")
 
         result = run_simulation(prepared, request, on_round=on_round)
@@ -112,6 +124,16 @@ def simulate(
     console.print(f"final adapter: {out / 'adapter'}   privacy report: {out / 'privacy_report.json'}")
     _show_site_errors(prepared.sites.values(), {crash.site.site_name for crash in result.crashes})
     result.raise_for_crashes()
+
+
+def pair_spec(prompt_column: str, response_column: str) -> PairSpec:
+    """The prompt/response layout of generate data, validated (errors name the options)."""
+    from common.data.pairs import PairSpec
+    from common.parsing import parse_settings
+
+    names = {"prompt_column": "--prompt-column", "response_column": "--response-column"}
+    values = {"prompt_column": prompt_column, "response_column": response_column}
+    return parse_settings(PairSpec, values, context="option", names=names)
 
 
 def _show_site_errors(sites: Iterable[SiteSettings], crashed: set[str]) -> None:

@@ -9,9 +9,11 @@ import typer
 
 from cli import options as opt
 from cli.display import console, key_value_table, training_progress
-from cli.train_generate import resolve_task, train_generate
+from cli.train_generate import train_generate
+from common.errors import ConfigError
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
+from common.model.task import resolve_task
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON
 from common.training.config import DEFAULT_DELTA, PrivacySettings, TrainConfig, TrainJob
@@ -44,6 +46,8 @@ TRAIN_FLAGS = {
     "split_seed": "--split-seed",
     "seed": "--seed",
     "device": "--device",
+    "precision": "--precision",
+    "gradient_checkpointing": "--gradient-checkpointing",
     "pooling": "--pooling",
     "model": "--model",
 }
@@ -154,6 +158,8 @@ def train(
     ].default,
     seed: opt.SeedOpt = None,
     device: opt.DeviceOpt = _JOB_FIELDS["device"].default,
+    precision: opt.PrecisionOpt = _JOB_FIELDS["precision"].default,
+    gradient_checkpointing: opt.GradientCheckpointingOpt = False,
     ledger: opt.LedgerOpt = None,
     max_epsilon: opt.MaxEpsilonOpt = str(DEFAULT_MAX_EPSILON),
     signing_key: opt.SigningKeyOpt = None,
@@ -202,11 +208,15 @@ def train(
             "split_seed": split_seed,
             "seed": seed,
             "device": device,
+            "precision": precision,
+            "gradient_checkpointing": gradient_checkpointing,
             "selection": {"metric": select_metric or "loss", "patience": patience},
         }
         budget = opt.budget_settings(ledger=ledger, max_epsilon=max_epsilon, signing_key=signing_key)
         train_generate(values, budget=budget, data=data, eval_data=eval_data, out=out, names=TRAIN_FLAGS)
         return
+    if gradient_checkpointing:
+        raise ConfigError("--gradient-checkpointing applies to --task generate (causal language models) only")
     job = parse_settings(
         TrainJob,
         {
@@ -226,6 +236,7 @@ def train(
             "split_seed": split_seed,
             "seed": seed,
             "device": device,
+            "precision": precision,
             "selection": {"metric": select_metric or _SELECTION.metric, "patience": patience},
             "strict_data": strict_data,
         },
@@ -244,6 +255,7 @@ def train(
             ("learning rate", plan.training.learning_rate),
             ("steps", plan.steps.steps),
             ("sample rate q", plan.steps.sample_rate),
+            ("precision", job.precision),
         ]
         if plan.dp is not None:
             rows += [

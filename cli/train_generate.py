@@ -6,28 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from cli.display import console, key_value_table, training_progress
-from common.errors import ConfigError
 from common.parsing import parse_settings
 from common.privacy.budget import BudgetSettings
 from common.training.generate_config import GenerateJob
-
-TASKS = ("auto", "classify", "generate")
-
-
-def resolve_task(task: str, model: str) -> str:
-    """``classify`` or ``generate``; ``auto`` asks the model's config (a causal LM generates)."""
-    if task not in TASKS:
-        raise ConfigError(f"--task must be one of {', '.join(TASKS)}; got {task!r}")
-    if task != "auto":
-        return task
-    from common.data.spec import utf8_problem
-    from common.model.causal import is_causal_lm
-
-    if utf8_problem(model) is not None:
-        return "classify"  # the job's own validation names the bad --model
-    from common.model.loading import resolve_base_model
-
-    return "generate" if is_causal_lm(resolve_base_model(model)) else "classify"
 
 
 def train_generate(
@@ -49,6 +30,9 @@ def train_generate(
 
         def show_plan(plan: PrivacyPlan, recipe_line: str) -> None:
             console.print(recipe_line)
+            if job.precision != "fp32" or job.gradient_checkpointing:
+                checkpointing = ", gradient checkpointing" if job.gradient_checkpointing else ""
+                console.print(f"precision {job.precision}{checkpointing}")
             if plan.dp is None:
                 console.print("[bold yellow]warning:[/] training WITHOUT differential privacy (--no-dp)")
             progress.start(plan.steps.steps)

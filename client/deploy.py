@@ -31,6 +31,7 @@ import tomli_w
 
 from common.certs.checks import check_ca, probe_tls
 from common.certs.node_keys import load_node_private_key
+from common.data.pairs import read_pairs_file
 from common.data.readers import read_labeled_file
 from common.errors import BudgetExhaustedError, ConfigError, FederationError
 from common.federation.site import SiteSettings
@@ -81,8 +82,13 @@ class ClientLaunch:
 
 def preflight(site: SiteSettings, launch: ClientLaunch) -> str:
     """All checks before connecting; returns how the connection will be secured (e.g. 'TLSv1.3')."""
-    # Validated with the site's own label set, which every run's labels must then equal (names and order).
-    data = read_labeled_file(site.data_path, site.data_spec())
+    # Validated with the site's own label set, which every run's labels must then equal (names and order), or as
+    # the prompt/response pairs of a generate site.
+    data = (
+        read_pairs_file(site.data_path, site.pair_spec())
+        if site.task == "generate"
+        else read_labeled_file(site.data_path, site.data_spec())
+    )
     check_ledger_location(site.ledger_path, name="ledger-path")
     check_signing_key_file(site.signing_key, name="signing-key")
     ledger = site.budget.open_ledger()

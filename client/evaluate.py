@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message
 
-from client.runtime import labels_problem, site_data, site_model
 from client.site import resolve_site
+from client.work import SiteWork, site_problem, site_work
 from common.errors import ConfigError, ModelError, UpdateRejectedError
 from common.federation import protocol as p
-from common.federation.config import parse_run_config
+from common.federation.config import FederationConfig, parse_run_config
 from common.model.adapter import load_adapter_state
+from common.training.batches import TokenizedTexts
+from common.training.causal_batches import TokenizedPairs
+from common.training.causal_eval import evaluate_causal
 from common.training.device import resolve_device
-from common.training.evaluation import EvalMetrics, evaluate
+from common.training.evaluation import evaluate
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +41,45 @@ def evaluate_round(message: Message, context: Context, *, run_config: Mapping[st
     site = resolve_site(context.node_config, config)
     if not site.release_metrics:
         return p.evaluate_reply(message, num_examples=0, metrics={})
-    problem = labels_problem(site, config)
+    try:
+        task = config.model_task()
+    except (ConfigError, ModelError) as exc:
+        return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
+    problem = site_problem(site, config, task)
     if problem is not None:
-        return _refuse(message, "labels-differ", f"site {site.site_name}: {problem}")
-    runtime = site_model(config)
-    data = site_data(site, config, runtime.tokenizer)
-    if data.eval is None:  # a site that releases metrics always holds out a split
+        code, detail = problem
+        return _refuse(message, code, f"site {site.site_name}: {detail}")
+    work = site_work(site, config, task)
+    if work.eval is None:  # a site that releases metrics always holds out a split
         raise RuntimeError(f"site {site.site_name} releases metrics but holds out no data")
     try:
         if p.ARRAYS not in message.content.array_records:
             raise ConfigError(f"an evaluate request needs an {p.ARRAYS!r} record")
         state = p.arrays_to_adapter(message.content.array_records[p.ARRAYS], source="global adapter from server")
-        load_adapter_state(runtime.model, state)
+        load_adapter_state(work.runtime.model, state)
     except (ConfigError, UpdateRejectedError, ModelError) as exc:
         return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
-    metrics = evaluate(
-        runtime.model, data.eval, batch_size=config.training.eval_batch_size, device=resolve_device(site.device)
-    )
-    released = {name: _metric(metrics, name) for name in site.release_metrics}
-    return p.evaluate_reply(message, num_examples=metrics.num_examples, metrics=released)
+    num_examples, computed = _held_out_metrics(work, config, resolve_device(site.device))
+    # A generate run computes only the loss: a site that named classification metrics releases the loss alone.
+    released = {name: computed[name] for name in site.release_metrics if name in computed}
+    return p.evaluate_reply(message, num_examples=num_examples, metrics=released)
 
 
-def _metric(metrics: EvalMetrics, name: str) -> float:
-    """One releasable metric by its wire name."""
-    values = {"accuracy": metrics.accuracy, "macro-f1": metrics.macro_f1, "loss": metrics.loss}
-    return values[name]
+def _held_out_metrics(work: SiteWork, config: FederationConfig, device: torch.device) -> tuple[int, dict[str, float]]:
+    """The held-out size and every releasable metric the run's task computes, by wire name."""
+    if work.task == "generate":
+        assert isinstance(work.eval, TokenizedPairs)
+        causal = evaluate_causal(
+            work.runtime.model,
+            work.eval,
+            max_tokens=config.max_tokens,
+            batch_size=config.training.eval_batch_size,
+            device=device,
+        )
+        return causal.num_examples, {"loss": causal.loss}
+    assert isinstance(work.eval, TokenizedTexts)
+    metrics = evaluate(work.runtime.model, work.eval, batch_size=config.training.eval_batch_size, device=device)
+    return metrics.num_examples, {"accuracy": metrics.accuracy, "macro-f1": metrics.macro_f1, "loss": metrics.loss}
 
 
 def _refuse(message: Message, reason: str, detail: str) -> Message:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 from flwr.app import ConfigRecord, Context
 
+from client.work import SiteWork
 from common.data.coverage import check_coverage, measure_coverage
 from common.errors import ConfigError
 from common.federation.config import FederationConfig
@@ -30,7 +31,7 @@ from common.federation.site import SiteSettings
 from common.privacy.accountant import AccountantName
 from common.privacy.histogram import HISTOGRAM_EPSILON_SHARE, histogram_sigma, release_label_histogram
 from common.privacy.ledger import DatasetRef, PrivacyLedger
-from common.training.batches import StepPlan, TokenizedTexts, plan_steps
+from common.training.batches import StepPlan, plan_steps
 from common.training.class_weights import balanced_weights, parse_class_weights
 from common.training.config import TrainConfig
 from common.training.recipe import RecipeInputs, choose_recipe
@@ -76,7 +77,7 @@ def run_plan(
     *,
     ledger: PrivacyLedger,
     dataset: DatasetRef,
-    data: TokenizedTexts,
+    work: SiteWork,
     site: SiteSettings,
     config: FederationConfig,
     run_id: str,
@@ -93,12 +94,12 @@ def run_plan(
     if run_id in cache:
         return RunPlan.from_json(str(cache[run_id]))
     coverage = measure_coverage(
-        data.dataset.texts, data.tokenizer, max_length=config.training.max_length, source=str(site.data_path)
+        work.record_texts, work.tokenizer, max_length=config.training.max_length, source=str(site.data_path)
     )
     for line in check_coverage(coverage, strict=config.strict_data):  # strict: DataValidationError, nothing spent
         log.warning("site %s: %s", site.site_name, line)
     inputs = RecipeInputs(
-        num_examples=len(data),
+        num_examples=len(work.train),
         rounds=planned_rounds,
         target_epsilon=config.target_epsilon,
         delta=site.delta,
@@ -108,7 +109,7 @@ def run_plan(
     recipe, training = choose_recipe(inputs, config.training, max_grad_norm=config.max_grad_norm)
     assert training.batch_size is not None and training.epochs is not None and recipe.max_grad_norm is not None
     plan = plan_steps(
-        num_examples=len(data), batch_size=training.batch_size, epochs=training.epochs, source=str(site.data_path)
+        num_examples=len(work.train), batch_size=training.batch_size, epochs=training.epochs, source=str(site.data_path)
     )
     run_epsilon = config.target_epsilon
     weights = parse_class_weights(training.class_weights)
@@ -116,11 +117,13 @@ def run_plan(
     if class_weights is not None and len(class_weights) != len(config.labels):
         raise ConfigError(f"class-weights has {len(class_weights)} weights for {len(config.labels)} labels")
     if weights.mode == "balanced":
+        if work.labels is None:  # a generate run: refused earlier (client.work.site_problem); never spend on it
+            raise ConfigError("class-weights balanced needs labelled data")
         share = HISTOGRAM_EPSILON_SHARE * config.target_epsilon
         histogram, _ = release_label_histogram(
             ledger,
             dataset=dataset,
-            labels=data.dataset.labels,
+            labels=work.labels,
             num_classes=len(config.labels),
             sigma=histogram_sigma(epsilon=share, delta=site.delta, accountant=accountant),
             delta=site.delta,

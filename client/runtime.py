@@ -77,7 +77,7 @@ def site_model(config: FederationConfig) -> SiteModel:
 def site_source(site: SiteSettings) -> LabeledTexts:
     """The site's data file, read and validated with the site's own label set (re-read when the file changes)."""
     path = Path(site.data_path)
-    key = (str(path), _file_state(path), site.data_spec().model_dump_json())
+    key = (str(path), file_state(path), site.data_spec().model_dump_json())
     with _lock:
         if key not in _sources:
             if len(_sources) >= _MAX_CACHED_SITES:
@@ -106,7 +106,7 @@ def site_data(site: SiteSettings, config: FederationConfig, tokenizer: PreTraine
     """The site's validated, tokenised data (re-read when the file changes)."""
     path = Path(site.data_path)
     source = site_source(site)
-    key = (str(path), _file_state(path), site.model_dump_json(), config.training.max_length, config.model)
+    key = (str(path), file_state(path), site.model_dump_json(), config.training.max_length, config.model)
     with _lock:
         if key not in _data:
             distinct, duplicates = deduplicate(source)
@@ -128,7 +128,7 @@ def site_data(site: SiteSettings, config: FederationConfig, tokenizer: PreTraine
         return _data[key]
 
 
-def _file_state(path: Path) -> tuple[int, int] | None:
+def file_state(path: Path) -> tuple[int, int] | None:
     """Size and modification time: a changed file is read again."""
     stat = path.stat() if path.exists() else None
     return stat and (stat.st_size, stat.st_mtime_ns)

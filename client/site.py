@@ -6,7 +6,8 @@ Resolution order:
 2. **fedtune simulate**: Flower's simulated SuperNodes only carry ``partition-id``; ``fedtune simulate`` writes a
    site table (JSON: partition id -> node config) and points ``FEDTUNE_SIMULATION_SITES`` at it.
 3. **flwr run . local** (demo): with neither, partition ``p`` of ``n`` gets an IID share of the built-in sample
-   data, written with its ledger under ``<out-dir>/sites/site-p/``.
+   data (a generate run: of the built-in synthetic instructions), written with its ledger under
+   ``<out-dir>/sites/site-p/``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.data.instructions import instruction_dataset
+from common.data.pair_split import partition_pairs
 from common.data.partition import PartitionSpec, partition_dataset
 from common.data.sample import SAMPLE_LABELS, sample_dataset
 from common.errors import ConfigError
@@ -57,17 +60,26 @@ def _from_table(path: Path, partition: int) -> SiteSettings:
 def _demo_site(partition: int, partitions: int, config: FederationConfig) -> SiteSettings:
     directory = Path(config.out_dir) / "sites" / f"site-{partition}"
     data_path = directory / "train.jsonl"
+    generate = config.model_task() == "generate"
     if not data_path.exists():
-        share = partition_dataset(sample_dataset(), sites=partitions, spec=PartitionSpec(kind="iid"), seed=0)[partition]
-        lines = [
-            json.dumps({"text": text, "label": share.label_names[label]})
-            for text, label in zip(share.texts, share.labels, strict=True)
-        ]
-        atomic_write_bytes(data_path, ("\n".join(lines) + "\n").encode())
+        rows: list[dict[str, str]]
+        if generate:  # the built-in synthetic instructions
+            pairs = partition_pairs(instruction_dataset(), sites=partitions, spec=PartitionSpec(kind="iid"), seed=0)
+            share = pairs[partition]
+            rows = [{"prompt": p, "response": r} for p, r in zip(share.prompts, share.responses, strict=True)]
+        else:
+            texts = partition_dataset(sample_dataset(), sites=partitions, spec=PartitionSpec(kind="iid"), seed=0)
+            labelled = texts[partition]
+            rows = [
+                {"text": text, "label": labelled.label_names[label]}
+                for text, label in zip(labelled.texts, labelled.labels, strict=True)
+            ]
+        atomic_write_bytes(data_path, ("\n".join(json.dumps(row) for row in rows) + "\n").encode())
     return SiteSettings(
         site_name=f"demo-site-{partition}",
+        task="generate" if generate else "classify",
         data_path=data_path,
         ledger_path=directory / "ledger.jsonl",
-        labels=SAMPLE_LABELS,  # the built-in sample data's label set
+        labels=None if generate else SAMPLE_LABELS,  # the built-in sample data's label set
         release_metrics=EVALUATE_ALL,  # a demo shows its progress; its data is public sample text
     )

@@ -5,7 +5,8 @@ Order is the privacy contract, per round:
 1. read the site's own settings (node config) and validate everything the server sent: the run config, the request
    (round, run id, planned rounds, upload precision, witnessed ledger head) and the global adapter. A malformed
    value is a refusal (``bad-request``), never a crash whose message would carry site details to the server;
-2. the run's labels must equal the site's own label set, names and order (else ``labels-differ``);
+2. the run's task must be the one the site's data serve (else ``task-differs``); for classification, the run's
+   labels must equal the site's own label set, names and order (else ``labels-differ``);
 3. if the server witnessed this ledger's head before, the ledger must still contain it (else ``ledger-witness``:
    a rolled-back or forked ledger trains nothing);
 4. fix the run's plan (once per run, cached in ``Context.state``, :mod:`client.run_plan`): the recipe's settings
@@ -36,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ConfigRecord, Context, Message
 
 from client.run_plan import run_plan
-from client.runtime import labels_problem, site_data, site_model
 from client.site import resolve_site
+from client.work import site_problem, site_work
 from common.errors import (
     BudgetExhaustedError,
     ConfigError,
@@ -58,6 +59,7 @@ from common.privacy.chain import LedgerHead, is_digest
 from common.privacy.events import DpSgdEvent
 from common.privacy.ledger import PrivacyLedger
 from common.training.device import resolve_device
+from common.training.precision import check_precision
 from common.training.schedule import LrSchedule
 from common.training.trainer import DpSgdParams, train_adapter
 
@@ -104,16 +106,24 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     except (ConfigError, UpdateRejectedError) as exc:
         return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
 
-    problem = labels_problem(site, config)
-    if problem is not None:
-        return _refuse(message, "labels-differ", f"site {site.site_name}: {problem}")
-    runtime = site_model(config)
-    data = site_data(site, config, runtime.tokenizer)
     try:
-        load_adapter_state(runtime.model, request.global_state)  # rejects unexpected keys, shapes, non-finite values
+        task = config.model_task()
+    except (ConfigError, ModelError) as exc:
+        return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
+    problem = site_problem(site, config, task)
+    if problem is not None:
+        code, detail = problem
+        return _refuse(message, code, f"site {site.site_name}: {detail}")
+    work = site_work(site, config, task)
+    try:
+        load_adapter_state(work.runtime.model, request.global_state)  # rejects unexpected keys, shapes, non-finite
     except ModelError as exc:
         return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
 
+    device = resolve_device(site.device)
+    # The site's own hardware settings, checked before anything is reserved (a bad one is the site's error: it
+    # crashes this round, visibly in the site's log, and spends nothing).
+    precision = check_precision(site.precision, device, private=True)
     ledger = site.budget.open_ledger()
     if request.witnessed is not None:
         try:
@@ -122,9 +132,7 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
             log.error("site %s REFUSES TO TRAIN: its ledger lost a head the server witnessed: %s", site.site_name, exc)
             return _refuse(message, "ledger-witness", str(exc))
     # Charged to exactly the records it trains on; the whole file lets legacy events be attributed to its records.
-    dataset = ledger.dataset(
-        data.train.dataset.texts, dataset_id=data.dataset_id, source=(data.source.fingerprint, data.source.texts)
-    )
+    dataset = ledger.dataset(work.record_texts, dataset_id=work.dataset_id, source=work.source)
     # A dataset stays with the accountant of its first recorded event, whatever a server asks for.
     status = ledger.status(dataset, delta=site.delta, accountant=config.accountant, limit=site.max_epsilon)
     accountant = status.accountant
@@ -136,12 +144,12 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
             context,
             ledger=ledger,
             dataset=dataset,
-            data=data.train,
+            work=work,
             site=site,
             config=config,
             run_id=request.run_id,
             planned_rounds=request.planned_rounds,
-            trainable_parameters=trainable_parameter_count(runtime.model),
+            trainable_parameters=trainable_parameter_count(work.runtime.model),
             accountant=accountant,
         )
         plan = chosen.plan
@@ -170,12 +178,12 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     import torch
 
     outcome = train_adapter(
-        runtime.model,
-        data.train,
+        work.runtime.model,
+        work.train,
         config=chosen.training,
         plan=plan,
         dp=DpSgdParams(noise_multiplier=chosen.sigma, max_grad_norm=chosen.max_grad_norm),
-        device=resolve_device(site.device),
+        device=device,
         seed=round_seed(site, reservation.record.seq),
         # The schedule spans the run's rounds: round r continues where round r-1 left off (a pure function of r).
         schedule=LrSchedule.over(
@@ -183,6 +191,9 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
         ),
         start_step=(request.server_round - 1) * plan.steps,
         class_weights=None if chosen.class_weights is None else torch.tensor(chosen.class_weights),
+        task=work.trainer_task,
+        precision=precision,
+        gradient_checkpointing=site.gradient_checkpointing and work.task == "generate",
     )
     if outcome.event != event:
         raise RuntimeError(f"trained {outcome.event} but reserved {event}")
@@ -206,9 +217,9 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
 
     # Only now, with the spend durable in the ledger, may the update leave the site.
     # FFA-LoRA's A matrices are frozen, hence not trainable: every strategy receives exactly the trainable tensors.
-    exchanged = [k for k in request.global_state if k in runtime.trainable]
+    exchanged = [k for k in request.global_state if k in work.runtime.trainable]
     release = p.TrainRelease(
-        num_examples=len(data.train),
+        num_examples=len(work.train),
         epsilon_spent=reservation.epsilon_after,
         epsilon_round=get_accountant(accountant).epsilon([event], delta=site.delta),
         delta=site.delta,

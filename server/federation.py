@@ -37,7 +37,7 @@ from common.federation.config import FederationConfig
 from common.federation.rounds import FederationResult, Metrics, RoundRecord, Status
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.identities import IdentityTable
-from server.model import ServerModel
+from server.model import AdapterModel, build_server_model
 from server.optimizers import build_server_optimizer
 from server.report import write_outputs
 from server.round_log import RoundLog
@@ -51,7 +51,7 @@ CHECKPOINT_DIR = "checkpoints"
 RoundCallback = Callable[[RoundRecord], None]
 
 
-def build_strategy(config: FederationConfig, model: ServerModel, global_keys: list[str]) -> AdapterStrategy:
+def build_strategy(config: FederationConfig, model: AdapterModel, global_keys: list[str]) -> AdapterStrategy:
     """The configured strategy over this model's adapter, naming sites from the run directory's identity table."""
     return STRATEGIES[config.strategy](
         global_keys=global_keys,
@@ -70,7 +70,7 @@ def build_strategy(config: FederationConfig, model: ServerModel, global_keys: li
     )
 
 
-def _start_or_resume(out_dir: Path, config: FederationConfig, model: ServerModel) -> Checkpoint:
+def _start_or_resume(out_dir: Path, config: FederationConfig, model: AdapterModel) -> Checkpoint:
     checkpoint = load_checkpoint(out_dir / CHECKPOINT_DIR)
     if checkpoint is not None:
         if checkpoint.config_fingerprint != config.fingerprint():
@@ -97,14 +97,14 @@ def run_federation(
     grid: Grid,
     config: FederationConfig,
     *,
-    model: ServerModel | None = None,
+    model: AdapterModel | None = None,
     on_round: RoundCallback | None = None,
 ) -> FederationResult:
     """Run (or resume) the federation described by ``config``; write everything under ``config.out_dir``."""
     check_selection(config)  # a settings error, before any model is loaded or round runs
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model or ServerModel(config)
+    model = model or build_server_model(config)
     checkpoint = _start_or_resume(out_dir, config, model)
     strategy = build_strategy(config, model, model.adapter_keys)
     strategy.summary()

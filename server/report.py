@@ -106,15 +106,23 @@ def write_outputs(
     plot_progress(out_dir / PLOT_FILE, result.history, report, config, kept=result.selected)
 
 
-def _accuracy_series(history: tuple[RoundRecord, ...], federated: bool) -> tuple[list[int], list[float]]:
+def _series(history: tuple[RoundRecord, ...], federated: bool, metric: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for record in history:
         metrics = record.federated_eval if federated else record.server_eval
-        accuracy = metrics.get("accuracy") if metrics else None
-        if accuracy is not None:
+        value = metrics.get(metric) if metrics else None
+        if value is not None:
             xs.append(record.round)
-            ys.append(accuracy)
+            ys.append(value)
     return xs, ys
+
+
+def _plotted_metric(history: tuple[RoundRecord, ...]) -> str:
+    """Accuracy when the run measured it (classification), else the held-out loss (generation)."""
+    measured = any((r.server_eval or {}).get("accuracy") is not None for r in history) or any(
+        (r.federated_eval or {}).get("accuracy") is not None for r in history
+    )
+    return "accuracy" if measured else "loss"
 
 
 def plot_progress(
@@ -125,7 +133,10 @@ def plot_progress(
     *,
     kept: Selection | None = None,
 ) -> None:
-    """Accuracy over rounds (server and federated evaluation; the kept round marked) beside each site's epsilon."""
+    """Accuracy over rounds (server and federated evaluation; the kept round marked) beside each site's epsilon.
+
+    A run that measured no accuracy (generation) plots its held-out loss instead.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,15 +144,16 @@ def plot_progress(
     from matplotlib.ticker import MaxNLocator
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    metric = _plotted_metric(history)
     for federated, label in ((False, "server held-out"), (True, "sites' held-out (not DP)")):
-        xs, ys = _accuracy_series(history, federated)
+        xs, ys = _series(history, federated, metric)
         if xs:
             left.plot(xs, ys, marker="o", label=label)
     if kept is not None and kept.metric is not None:
         left.axvline(kept.round, color="green", linestyle=":", linewidth=1, label=f"kept (best {kept.metric})")
-    left.set_title("Accuracy of the global adapter")
+    left.set_title(f"{metric.capitalize()} of the global adapter")
     left.set_xlabel("round")
-    left.set_ylabel("accuracy")
+    left.set_ylabel(metric)
     for name, rows in sorted(report["sites"].items()):
         points = [(r["round"], r["epsilon_spent"]) for r in rows if r["epsilon_spent"] is not None]
         if points:

@@ -30,7 +30,14 @@ __all__ = ["RoundSelector", "SelectionState", "check_selection", "kept_round"]
 
 
 def check_selection(config: FederationConfig) -> None:
-    """Refuse early stopping without server-side held-out data (there would be nothing to measure improvement on)."""
+    """Refuse settings the round loop cannot honour, before any model is loaded or round runs.
+
+    Early stopping needs server-side held-out data (there would be nothing to measure improvement on), and the
+    selection metric must be one the run's task computes.
+    """
+    problem = config.task_problem(config.model_task())
+    if problem is not None:
+        raise ConfigError(problem)
     patience = config.selection.patience
     if patience > 0 and not config.eval_data:
         raise ConfigError(

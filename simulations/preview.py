@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from common.data.coverage import check_coverage, measure_coverage
 from common.data.dataset import LabeledTexts
+from common.data.pairs import PromptResponsePairs
 from common.federation.config import FederationConfig
 from common.federation.site import SiteSettings
 from common.training.batches import plan_steps
@@ -35,8 +36,11 @@ def recipe_line(site: SiteSettings, train_size: int, config: FederationConfig) -
     return f"{site.site_name}: {recipe.describe(inputs)}"
 
 
-def coverage_lines(datasets: Sequence[LabeledTexts], config: FederationConfig) -> list[str]:
-    """Warnings about data the model's tokenizer covers badly (raises DataValidationError with strict-data)."""
+def coverage_lines(datasets: Sequence[LabeledTexts | PromptResponsePairs], config: FederationConfig) -> list[str]:
+    """Warnings about data the model's tokenizer covers badly (raises DataValidationError with strict-data).
+
+    Pairs are measured by the texts that identify them (prompt, newline, response), as the sites measure them.
+    """
     from common.model.loading import load_tokenizer, resolve_base_model
 
     tokenizer = load_tokenizer(resolve_base_model(config.model))

@@ -77,3 +77,8 @@ def render_prompt(prompt: str, turns: Sequence[Turn] | None, tokenizer: Any) -> 
             raise TypeError(f"apply_chat_template(tokenize=False) returned {type(rendered).__name__}, not str")
         return rendered
     return f"{chat_transcript(turns)}\n{ASSISTANT_PREFIX}"
+
+
+def render_prompts(prompts: Sequence[str], turns: Sequence[Sequence[Turn] | None], tokenizer: Any) -> list[str]:
+    """:func:`render_prompt` of each record (``prompts[i]`` with ``turns[i]``), e.g. a ``PromptResponsePairs``'."""
+    return [render_prompt(prompt, record_turns, tokenizer) for prompt, record_turns in zip(prompts, turns, strict=True)]

@@ -31,9 +31,11 @@ from common.federation.server_settings import SelectionSettings, ServerOptimizer
 from common.model.builtin import BUILTIN_MODEL_ID
 from common.model.lora import LoraSettings
 from common.model.pooling import Pooling
+from common.model.task import ModelTask, TaskChoice, resolve_task
 from common.parsing import parse_settings
 from common.privacy.accountant import AccountantName
 from common.training.config import DEFAULT_DELTA, DEFAULT_TARGET_EPSILON, TrainConfig
+from common.training.generate_config import DEFAULT_GENERATE_MAX_LENGTH, DEFAULT_MAX_TOKENS
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +82,8 @@ SECTIONS: dict[str, type[BaseModel]] = {
 RECIPE_KEYS = frozenset({"local-epochs", "batch-size", "learning-rate", "max-grad-norm"})
 #: Settings whose 0 in a flat run config means "the default for the rest of the settings" (None in the model).
 ZERO_IS_DEFAULT = RECIPE_KEYS | {"server-lr"}
+#: Settings whose default depends on the task: a generate run that leaves them out gets these values.
+GENERATE_DEFAULTS: dict[str, object] = {"max-length": DEFAULT_GENERATE_MAX_LENGTH, "select-metric": "loss"}
 #: Settings that may change when a run resumes (they do not change what the sites compute).
 RESUMABLE_KEYS = frozenset({"num-rounds", "out-dir", "round-timeout", "eval-data"})
 
@@ -94,6 +98,7 @@ class FederationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, alias_generator=_kebab)
 
     model: str = BUILTIN_MODEL_ID
+    task: TaskChoice = "auto"  # auto: from the model's config (common/model/task.py); generate ignores labels/pooling
     pooling: Pooling = "auto"
     labels: tuple[str, ...] = Field(default=SAMPLE_LABELS, min_length=2)
     strategy: StrategyName = "ffa"
@@ -127,6 +132,9 @@ class FederationConfig(BaseModel):
         default="examples",
         description="examples: weight each update by its site's num-examples; uniform: every update equally.",
     )
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=2)  # generate: padded tokens per physical batch
+    max_new_tokens: int = Field(default=64, ge=1, le=4096)  # generate: most tokens a server-side generation adds
+    eval_generations: int = Field(default=16, ge=0)  # generate: server held-out prompts generated from per round
     federated_evaluation: bool = True
     strict_data: bool = False  # refuse, instead of warning about, data the model covers badly (data/coverage.py)
     eval_data: str = ""  # server-side held-out file ("" = none)
@@ -141,6 +149,10 @@ class FederationConfig(BaseModel):
         if not isinstance(data, Mapping):
             return data
         values = dict(data)
+        if values.get("task") == "generate":
+            for key, value in GENERATE_DEFAULTS.items():
+                if key not in values or values[key] is None:
+                    values[key] = value
         sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
         for name in SECTIONS:
             given = values.pop(name, None)
@@ -192,6 +204,9 @@ class FederationConfig(BaseModel):
                 f"max-site-weight {self.max_site_weight:g} needs at least {needed} updates per round, but min-sites "
                 f"is {self.min_sites}: raise min-sites to {needed} or max-site-weight to {1 / self.min_sites:g}"
             )
+        problem = self.task_problem("generate") if self.task == "generate" else None
+        if problem is not None:
+            raise ValueError(problem)
         if self.recipe == "none":
             unset = [key for key in sorted(RECIPE_KEYS) if self.recipe_choice(key) is None]
             if unset:
@@ -199,6 +214,20 @@ class FederationConfig(BaseModel):
                     f"recipe none needs every training setting given (non-zero); unset: {', '.join(unset)}"
                 )
         return self
+
+    def model_task(self) -> ModelTask:
+        """The run's task: ``task``, or for ``auto`` what the model's config says (ModelError if unreadable)."""
+        return resolve_task(self.task, self.model)
+
+    def task_problem(self, task: ModelTask) -> str | None:
+        """Why these settings mean nothing for ``task`` (naming the setting), or None."""
+        if task != "generate":
+            return None
+        if self.training.class_weights != "none":
+            return f"class-weights {self.training.class_weights} applies to classification, not to generation"
+        if self.selection.metric != "loss":
+            return f"select-metric {self.selection.metric} is a classification metric; a generate run selects by loss"
+        return None
 
     def recipe_choice(self, key: str) -> float | int | None:
         """The value of a :data:`RECIPE_KEYS` setting (None: left to the recipe)."""

@@ -79,7 +79,15 @@ REASON = "reason"
 STATUS_KEYS = frozenset({STATE, REASON})
 #: Why a site refused, as a code: the full reason (dataset, ledger path, spend) stays in the site's own log.
 REFUSAL_REASONS = frozenset(
-    {"budget-exhausted", "non-private-history", "labels-differ", "ledger-witness", "bad-request", "bad-parameters"}
+    {
+        "budget-exhausted",
+        "non-private-history",
+        "labels-differ",
+        "task-differs",
+        "ledger-witness",
+        "bad-request",
+        "bad-parameters",
+    }
 )
 
 # ledger (site -> server): where the site's ledger ends, and the proof it extends the witnessed head

@@ -8,6 +8,14 @@ owner.
 * ``labels``: the site's own label set (class ``i`` is the ``i``-th name). Unset: a ``labels.json`` beside the data
   file, else the set inferred from the file (sorted names, or ``0..max`` for integer labels). A server whose run
   labels differ (names or order) is refused: its labels never decide what the site's records mean.
+* ``task``: what the data file holds and serves, ``classify`` (labelled texts, the default) or ``generate``
+  (prompt/response pairs). A run of the other task is refused (``task-differs``): the server never decides how the
+  site's file is read.
+* ``prompt-column`` / ``response-column``: the columns of a generate site's prompt/response file (a JSON Lines
+  ``messages`` column of chat turns is read as well).
+* ``device``, ``precision``, ``gradient-checkpointing``: how the site's hardware trains (CUDA when present; bf16
+  autocast; recomputed activations in a generate run). They change no privacy parameter: the mechanism is the
+  planned (sigma, C) in every precision (:mod:`common.training.precision`).
 * ``release-metrics``: the held-out metrics (:data:`~common.federation.protocol.RELEASABLE_METRICS`) the site
   releases, WITHOUT differential privacy, when the server asks; empty (the default) releases none and holds no
   split out. The older node-config key ``evaluate=true`` still works and means all three (``accuracy,macro-f1,
@@ -23,11 +31,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from common.data.pairs import PairSpec
 from common.data.spec import DataSpec, utf8_problem
 from common.federation.protocol import RELEASABLE_METRICS
+from common.model.task import ModelTask
 from common.parsing import parse_settings
 from common.privacy.budget import DEFAULT_MAX_EPSILON, BudgetSettings
 from common.training.config import DEFAULT_DELTA, DEFAULT_EVAL_FRACTION
+from common.training.precision import Precision
 
 #: Node-config keys Flower itself sets for simulated SuperNodes (not site settings).
 FLOWER_SIMULATION_KEYS = frozenset({"partition-id", "num-partitions"})
@@ -44,6 +55,7 @@ class SiteSettings(BaseModel):
     )
 
     site_name: str = Field(default="site", min_length=1)
+    task: ModelTask = "classify"  # what the site's data are for: labelled texts, or prompt/response pairs
     data_path: Path
     ledger_path: Path
     max_epsilon: float | None = DEFAULT_MAX_EPSILON
@@ -51,12 +63,16 @@ class SiteSettings(BaseModel):
     signing_key: Path | None = None
     text_column: str = Field(default="text", min_length=1)
     label_column: str = Field(default="label", min_length=1)
+    prompt_column: str = Field(default="prompt", min_length=1)  # generate runs (or a JSON Lines "messages" column)
+    response_column: str = Field(default="response", min_length=1)
     labels: tuple[str, ...] | None = None  # None: labels.json beside the data file, else inferred from it
     release_metrics: tuple[str, ...] = ()  # non-DP held-out metrics released when the server asks; () = none
     eval_fraction: float = Field(default=DEFAULT_EVAL_FRACTION, gt=0, lt=1, allow_inf_nan=False)
     split_seed: int = 0
     seed: int | None = None  # reproducible experiments only: a real site leaves its noise unseeded
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = "fp32"  # autocast of the forward pass (bf16 also under DP; fp16 is refused under DP)
+    gradient_checkpointing: bool = False  # generate runs: recompute activations in backward (less memory)
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +150,10 @@ class SiteSettings(BaseModel):
     def data_spec(self) -> DataSpec:
         """How to read the site's data file, with the site's OWN label set (never the server's)."""
         return DataSpec(text_column=self.text_column, label_column=self.label_column, labels=self.labels)
+
+    def pair_spec(self) -> PairSpec:
+        """How to read the site's prompt/response file (generate runs)."""
+        return PairSpec(prompt_column=self.prompt_column, response_column=self.response_column)
 
     def to_node_config(self) -> dict[str, bool | int | float | str]:
         """Flat node config (for ``flower-supernode --node-config`` or the simulation's site table)."""

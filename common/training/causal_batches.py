@@ -27,6 +27,8 @@ from common.errors import DataValidationError, ModelError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from common.data.pairs import PromptResponsePairs
+
 #: The label that cross-entropy ignores (torch's and Hugging Face's convention).
 IGNORE_INDEX = -100
 
@@ -90,6 +92,20 @@ class TokenizedPairs:
             labels[row, :length] = torch.tensor(self.labels_of(index))
         inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
         return inputs, labels.to(device)
+
+
+def tokenize_pairs(
+    pairs: PromptResponsePairs, tokenizer: PreTrainedTokenizerBase, *, max_length: int
+) -> TokenizedPairs:
+    """``pairs`` with each prompt rendered and tokenised: how training, evaluation and every site see a pair.
+
+    Chat records are rendered with the tokenizer's chat template, plain ones with the documented plain template
+    (:mod:`common.data.templates`).
+    """
+    from common.data.templates import render_prompts
+
+    rendered = render_prompts(pairs.prompts, pairs.turns, tokenizer)
+    return TokenizedPairs(rendered, pairs.responses, tokenizer, max_length=max_length)
 
 
 def fit_pair(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:

@@ -2,7 +2,9 @@
 
 The same training, LoRA and privacy settings as classification (the recipe fills what is left unset), plus what
 generation needs: the prompt/response columns, longer sequences, a bound on the tokens of a physical batch and on
-the tokens a generation may add. Selection defaults to the evaluation loss (lowest).
+the tokens a generation may add. Selection defaults to the evaluation loss (lowest). Like the device, precision
+(autocast) and gradient checkpointing are the running site's choices of speed and memory; neither changes the
+privacy accounting.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from common.training.config import (
     PrivacySettings,
     TrainConfig,
 )
+from common.training.precision import Precision
 from common.training.selection import SelectionSettings
 
 #: Tokens kept per prompt + response: instruction data is longer than classification text.
@@ -45,4 +48,6 @@ class GenerateJob(BaseModel):
     split_seed: int = 0
     seed: int | None = None
     device: DeviceChoice = "auto"
+    precision: Precision = "fp32"  # autocast of the forward pass (common/training/precision.py)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1 more forward pass
     selection: SelectionSettings = SelectionSettings(metric="loss")

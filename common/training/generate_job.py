@@ -19,6 +19,7 @@ from typing import Any
 
 from common import __version__
 from common.data.instructions import instruction_dataset
+from common.data.pair_split import split_pairs
 from common.data.pairs import PromptResponsePairs, deduplicate_pairs, read_pairs_file
 from common.fileio import atomic_write_json, remove_created_directories
 from common.privacy.budget import BudgetSettings
@@ -42,16 +43,6 @@ class GenerateResult:
     generation: GenerationMetrics | None
     truncated_prompts: int
     summary: dict[str, Any]
-
-
-def split_pairs(job: GenerateJob, pairs: PromptResponsePairs) -> tuple[PromptResponsePairs, PromptResponsePairs]:
-    """A seeded random split into train and evaluation pairs (``job.eval_fraction`` held out, at least one each)."""
-    import random
-
-    order = list(range(len(pairs)))
-    random.Random(job.split_seed).shuffle(order)
-    held = min(max(1, round(len(pairs) * job.eval_fraction)), len(pairs) - 1)
-    return pairs.subset(sorted(order[held:])), pairs.subset(sorted(order[:held]))
 
 
 def run_generate_job(
@@ -90,17 +81,24 @@ def _run(
 ) -> GenerateResult:
     import torch
 
-    from common.data.templates import render_prompt, template_name
+    from common.data.templates import render_prompts, template_name
     from common.errors import ModelError
     from common.inference.generate import generate_texts
     from common.model.adapter import save_adapter
-    from common.model.causal import apply_causal_lora, ensure_pad_token, is_causal_lm, load_causal_lm
+    from common.model.causal import (
+        apply_causal_lora,
+        check_gradient_checkpointing,
+        ensure_pad_token,
+        is_causal_lm,
+        load_causal_lm,
+    )
     from common.model.loading import load_tokenizer, resolve_base_model
     from common.model.lora import trainable_parameter_count
-    from common.training.causal_batches import TokenizedPairs
+    from common.training.causal_batches import tokenize_pairs
     from common.training.causal_eval import evaluate_causal
     from common.training.device import resolve_device
     from common.training.generation_metrics import generation_metrics
+    from common.training.precision import check_precision
     from common.training.task import CausalLmTask
 
     check_ledger_location(budget.ledger)
@@ -111,23 +109,23 @@ def _run(
     if eval_path is not None:
         train, held_out = distinct, read_pairs_file(eval_path, job.data)
     else:
-        train, held_out = split_pairs(job, distinct)
+        train, held_out = split_pairs(distinct, eval_fraction=job.eval_fraction, seed=job.split_seed)
     ref = resolve_base_model(job.model)
     if not is_causal_lm(ref):
         raise ModelError(f"--task generate needs a causal language model; {job.model} is not one (--task classify)")
     device = resolve_device(job.device)
+    check_precision(job.precision, device, private=job.privacy.enabled)  # e.g. fp16 under DP: refused, nothing spent
     tokenizer = ensure_pad_token(load_tokenizer(ref))
     if job.seed is not None:
         torch.manual_seed(job.seed)
     model = apply_causal_lora(load_causal_lm(ref), job.lora)
+    if job.gradient_checkpointing:
+        check_gradient_checkpointing(model)  # before any spend, like every other check
     trainable = trainable_parameter_count(model)
     max_length = job.training.max_length
 
-    def tokenized(pairs: PromptResponsePairs) -> TokenizedPairs:
-        rendered = [render_prompt(p, t, tokenizer) for p, t in zip(pairs.prompts, pairs.turns, strict=True)]
-        return TokenizedPairs(rendered, pairs.responses, tokenizer, max_length=max_length)
-
-    train_data, eval_data = tokenized(train), tokenized(held_out)
+    train_data = tokenize_pairs(train, tokenizer, max_length=max_length)
+    eval_data = tokenize_pairs(held_out, tokenizer, max_length=max_length)
     if train_data.truncated_prompts:
         on_warning(
             f"{train.source}: {train_data.truncated_prompts} of {len(train)} prompts are longer than --max-length "
@@ -155,11 +153,12 @@ def _run(
         progress=progress,
         task=CausalLmTask(max_tokens=job.max_tokens),
         evaluate_fn=evaluate_fn,
+        gradient_checkpointing=job.gradient_checkpointing,
     )
     generation = None
     if job.eval_generations:
         scored = held_out.subset(range(min(job.eval_generations, len(held_out))))
-        prompts = [render_prompt(p, t, tokenizer) for p, t in zip(scored.prompts, scored.turns, strict=True)]
+        prompts = render_prompts(scored.prompts, scored.turns, tokenizer)
         texts = generate_texts(
             model, tokenizer, prompts, max_new_tokens=job.max_new_tokens, device=device, max_prompt_tokens=max_length
         )
@@ -212,6 +211,8 @@ def _summary(
         "training": {
             **plan.training.model_dump(),
             "max_tokens": job.max_tokens,
+            "precision": job.precision,
+            "gradient_checkpointing": job.gradient_checkpointing,
             "epochs_trained": len(outcome.history),
             "kept_epoch": outcome.kept_epoch,
             "steps": outcome.steps,

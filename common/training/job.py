@@ -277,12 +277,14 @@ def _run(
     from common.model.lora import apply_lora, trainable_parameter_count
     from common.training.batches import TokenizedTexts
     from common.training.device import resolve_device
+    from common.training.precision import check_precision
 
     check_ledger_location(budget.ledger)
     check_signing_key_file(budget.signing_key)
     ledger = budget.open_ledger()
     prepared = prepare_data(job, train_path, eval_path)
     device = resolve_device(job.device)
+    check_precision(job.precision, device, private=job.privacy.enabled)  # e.g. fp16 under DP: refused, nothing spent
     ref = resolve_base_model(job.model)
     tokenizer = load_tokenizer(ref)
     max_length = job.training.max_length
@@ -330,7 +332,7 @@ def _run(
     summary = build_summary(
         job, prepared, plan, outcome, budget, ref.name, trainable, coverage, histogram=histogram_reservation
     )
-    save_adapter(model, out_dir / ADAPTER_SUBDIR, base_model_name=ref.name)
+    save_adapter(model, out_dir / ADAPTER_SUBDIR, base_model_name=ref.name, max_length=max_length)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return JobResult(
         out_dir=out_dir,

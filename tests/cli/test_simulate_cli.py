@@ -56,3 +56,36 @@ def test_simulate_three_sites_two_rounds_then_a_crashed_site_fails_loudly(tiny_m
     assert crashed.returncode != 0
     assert "site crash" in crashed.stderr and "is empty" in crashed.stderr, crashed.stderr[-3000:]
     assert not ray_processes()
+
+
+def test_simulate_generate_with_a_tiny_causal_lm_then_generate_from_its_adapter(tmp_path):
+    """The issue's end to end: ``simulate --task generate`` (2 sites, 2 rounds) writes an adapter ``generate`` loads."""
+    from tests.causal_helpers import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "llama")
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"the w{i} w{(7 * i) % 80}", "response": f"w{(7 * i) % 80} w{i}"} for i in range(80)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    run = ["--model", str(model), "--task", "generate", "--data", str(pairs), "--sites", "2", "--rounds", "2"]
+    small = ["--seed", "0", "--max-length", "32", "--eval-generations", "4", "--max-new-tokens", "4"]
+    done = simulate([*run, *small, "--out", str(out)])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "round=2" in done.stdout and "trained=2" in done.stdout and "server ROUGE-L=" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rounds"][-1]["server_eval"]["rouge_l"] is not None
+    info = json.loads((out / "adapter" / "fedtune_model.json").read_text())
+    assert info["task"] == "generate" and info["max_length"] == 32
+    for site in ("site-0", "site-1"):
+        assert len(PrivacyLedger(out / "sites" / site / "ledger.jsonl").snapshot().committed) == 2
+
+    command = [sys.executable, "-m", "cli.app", "generate", "--adapter", str(out / "adapter"), "--prompt", "the w1 w7"]
+    generated = subprocess.run(
+        [*command, "--max-new-tokens", "3", "--out", str(tmp_path / "gen.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    (line,) = (tmp_path / "gen.jsonl").read_text().splitlines()
+    assert json.loads(line)["prompt"] == "the w1 w7"

@@ -205,3 +205,63 @@ def test_data_the_tokenizer_does_not_cover_warns_or_with_strict_data_is_refused_
     assert not ledger.exists() and not (tmp_path / "strict").exists()
     code = run_cli([*common, "--epochs", "1", "--out", str(tmp_path / "lenient")])
     assert code == 0 and "warning:" in capsys.readouterr().out
+
+
+class _Captured(Exception):
+    """Raised by a stand-in job runner: the parsed job was seen, nothing runs."""
+
+
+def _capture_job(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> dict[str, object]:
+    import importlib
+
+    seen: dict[str, object] = {}
+
+    def runner(job: object, **_kwargs: object) -> None:
+        seen["job"] = job
+        raise _Captured
+
+    monkeypatch.setattr(importlib.import_module(module), name, runner)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("args", "precision", "checkpointing"),
+    [([], "fp32", False), (["--precision", "bf16", "--gradient-checkpointing"], "bf16", True)],
+)
+def test_precision_and_checkpointing_options_reach_the_generate_job(
+    tmp_path, monkeypatch, args, precision, checkpointing
+):
+    seen = _capture_job(monkeypatch, "common.training.generate_job", "run_generate_job")
+    with pytest.raises(_Captured):
+        run_cli(["train", "--task", "generate", "--model", "m", "--out", str(tmp_path / "o"), *args])
+    job = seen["job"]
+    assert (job.precision, job.gradient_checkpointing) == (precision, checkpointing)
+
+
+@pytest.mark.parametrize(("args", "precision"), [([], "fp32"), (["--precision", "bf16"], "bf16")])
+def test_precision_option_reaches_the_classification_job(tiny_model_dir, tmp_path, monkeypatch, args, precision):
+    seen = _capture_job(monkeypatch, "common.training.job", "run_train_job")
+    with pytest.raises(_Captured):
+        run_cli(["train", "--task", "classify", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *args])
+    assert seen["job"].precision == precision
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["--precision", "fp8"], 2, ["'--precision'", "fp32", "bf16", "fp16"]),
+        (["--precision", "fp16"], 2, ["--precision fp16 cannot be used with DP-SGD", "loss scaling"]),
+        (["--gradient-checkpointing"], 2, ["--gradient-checkpointing applies to --task generate"]),
+    ],
+)
+def test_bad_precision_or_checkpointing_is_one_line_before_anything_runs(
+    tiny_model_dir, tmp_path, capsys, args, code, words
+):
+    ledger = tmp_path / "ledger.jsonl"
+    base = ["train", "--task", "classify", "--model", str(tiny_model_dir), "--ledger", str(ledger)]
+    assert run_cli([*base, "--out", str(tmp_path / "o"), *args]) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    assert not ledger.exists() and not (tmp_path / "o").exists()

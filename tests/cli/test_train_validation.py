@@ -301,3 +301,15 @@ def test_max_length_beyond_what_the_model_takes(site, capsys):
         code=1,
         names=["the model fails on an input of", "(--max-length 1000)"],
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--precision", "fp16"], ["--precision fp16", "loss scaling", "--precision bf16"]),
+        (["--precision", "half"], ["'--precision'"]),
+        (["--gradient-checkpointing"], ["--gradient-checkpointing", "--task generate"]),
+    ],
+)
+def test_precision_and_checkpointing_are_checked_before_any_spend(site, capsys, args, names):
+    refused(site, capsys, args, code=2, names=names)

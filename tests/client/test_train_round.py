@@ -140,3 +140,12 @@ def test_site_settings_come_only_from_the_node_config(setup):
         parse_run_config({**config.to_run_config(), "ledger-path": "/tmp/x"})
     with pytest.raises(ConfigError, match="no site settings"):
         resolve_site({}, config)
+
+
+def test_a_site_precision_it_cannot_train_privately_in_spends_nothing(tiny_model_dir, sample_jsonl, tmp_path):
+    """The site's own hardware settings are checked before any reservation (fp16's loss scaling breaks the clip)."""
+    config = run_config(tiny_model_dir, tmp_path)
+    site = make_sites(tmp_path, [sample_jsonl], precision="fp16")[0]
+    with pytest.raises(ConfigError, match="fp16"):
+        train_round(request(initial_state(config)), site_context(site, config))
+    assert not site.ledger_path.exists()  # refused before the ledger was even opened: nothing reserved

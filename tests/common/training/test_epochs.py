@@ -217,3 +217,31 @@ def test_schedule_and_optimizer_state_continue_across_epochs(
         assert before.optimizer_state["state"]  # AdamW moments, not an empty state
     # Progress counts the whole plan: 1 .. total, once each.
     assert progress == [(step, plan.steps.steps) for step in range(1, plan.steps.steps + 1)]
+
+
+def test_every_pass_trains_in_the_jobs_precision(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = Calls(monkeypatch)
+    job = TrainJob.model_validate({**_job(tiny_model_dir, epochs=2).model_dump(), "precision": "bf16"})
+    result, _, _ = _run(job, tmp_path)
+    assert [(k["precision"], k["gradient_checkpointing"]) for k in calls.kwargs] == [("bf16", False)] * 2
+    # The ledger charges the planned sigma, whatever Opacus was told under bf16 (common/training/precision.py).
+    assert [e.noise_multiplier for e in result.outcome.events] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("case", ["fp16-under-dp", "bf16-on-a-cuda-device-without-bf16"])
+def test_an_unsupported_precision_is_refused_before_the_ledger_is_touched(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    from common.errors import ConfigError
+
+    values = _job(tiny_model_dir, epochs=1).model_dump()
+    if case == "fp16-under-dp":
+        values["precision"], match = "fp16", "loss scaling"
+    else:  # a CUDA device that predates bf16 (e.g. a V100), simulated: nothing reaches CUDA before the check
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+        values.update(precision="bf16", device="cuda")
+        match = "does not support bfloat16"
+    with pytest.raises(ConfigError, match=match):
+        _run(TrainJob.model_validate(values), tmp_path)
+    assert not (tmp_path / "ledger.jsonl").exists() and not (tmp_path / "out").exists()

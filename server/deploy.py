@@ -72,7 +72,8 @@ class ServerLaunch:
             return None
         if self.certs is None:
             raise ConfigError("TLS is on by default: pass --certs DIR (from `fedtune certs init`), or --insecure")
-        return FederationCerts(self.certs)
+        # Absolute: the SuperLink runs in the run directory, where a relative --certs would name nothing.
+        return FederationCerts(self.certs.resolve())
 
     def superlink_command(self) -> list[str]:
         """The flower-superlink command line for this launch."""

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import psutil
 import pytest
@@ -42,6 +43,16 @@ def test_valid_setup_passes_and_enables_tls_and_node_auth(setup, tmp_path):
     command = launch.superlink_command()
     assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
     assert "--disable-runtime-dependency-installation" in command
+
+
+def test_a_relative_certs_directory_reaches_the_superlink_as_absolute_paths(setup, tmp_path, monkeypatch):
+    """The SuperLink runs in the run directory: ``--certs certs`` (relative, as the README writes it) must still
+    name the files there."""
+    certs, keys, _ = setup
+    monkeypatch.chdir(certs.directory.parent)
+    command = ServerLaunch(out=tmp_path / "run", certs=Path(certs.directory.name), enroll=keys).superlink_command()
+    files = [command[command.index(flag) + 1] for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile")]
+    assert all(Path(name).is_absolute() and Path(name).is_file() for name in files), files
 
 
 def test_tls_is_the_default(setup, tmp_path):

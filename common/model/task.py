@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from common.data.spec import utf8_problem
-from common.errors import ConfigError
+from common.errors import ConfigError, ModelError
 
 ModelTask = Literal["classify", "generate"]
 TaskChoice = Literal["auto", "classify", "generate"]
@@ -21,18 +21,20 @@ TASK_CHOICES: tuple[TaskChoice, ...] = ("auto", "classify", "generate")
 def resolve_task(task: str, model: str) -> ModelTask:
     """``classify`` or ``generate``; ``auto`` asks ``model``'s config (a causal LM generates).
 
-    Raises ConfigError for an unknown ``task``; a ``model`` whose config cannot be read raises ModelError, except a
-    name that is not even valid UTF-8, which is left to classify (whose own validation names the bad value).
+    Raises ConfigError for an unknown ``task``, ModelError for ``generate`` with a model that is not a causal LM or a
+    ``model`` whose config cannot be read, except a name that is not even valid UTF-8, which is left to classify
+    (whose own validation names the bad value).
     """
     if task == "classify":
         return "classify"
-    if task == "generate":
-        return "generate"
-    if task != "auto":
+    if task not in ("auto", "generate"):
         raise ConfigError(f"task must be one of {', '.join(TASK_CHOICES)}; got {task!r}")
-    if utf8_problem(model) is not None:
-        return "classify"
+    if utf8_problem(model) is not None:  # the job's own validation names the bad --model
+        return "generate" if task == "generate" else "classify"
     from common.model.causal import is_causal_lm
     from common.model.loading import resolve_base_model
 
-    return "generate" if is_causal_lm(resolve_base_model(model)) else "classify"
+    causal = is_causal_lm(resolve_base_model(model))
+    if task == "generate" and not causal:
+        raise ModelError(f"task generate needs a causal language model; {model} is not one (task classify)")
+    return "generate" if causal else "classify"

@@ -11,10 +11,10 @@ pass and the loss under autocast; the LoRA weights, their gradients and Opacus's
 DP, fp16 is refused (its loss scaling breaks the clip bound) and bf16 hands Opacus a clip slightly below C with a
 noise multiplier raised to match, so the mechanism is exactly the planned (sigma, C) despite bf16 norms.
 
-Gradient checkpointing (:func:`common.model.causal.enable_gradient_checkpointing`; Chen et al. 2016) recomputes each
-layer's activations in the backward pass. Under DP, Opacus's hooks are paused during the recomputation
-(:func:`pause_opacus_hooks` says why); per-sample gradients are then those of the run without checkpointing (tested
-bit for bit). Opacus still keeps each LoRA layer's input until the backward pass, so under DP it saves less memory.
+Gradient checkpointing (:mod:`common.training.checkpointing`; Chen et al. 2016) recomputes each layer's activations
+in the backward pass. Under DP, Opacus's hooks are paused during the recomputation (``pause_opacus_hooks`` says
+why); per-sample gradients are then those of the run without checkpointing (tested bit for bit). Opacus still keeps
+each LoRA layer's input until the backward pass, so under DP it saves less memory.
 
 Invariants:
 * every planned step is taken, whatever the batch sizes drawn, so the returned event (sigma, q, steps) is exactly
@@ -41,6 +41,7 @@ from common.errors import ModelError, PrivacyParameterError
 from common.model.adapter import AdapterState, adapter_state
 from common.privacy.events import DpSgdEvent
 from common.training.batches import StepPlan, poisson_batches, shuffled_batches
+from common.training.checkpointing import checkpointed
 from common.training.config import TrainConfig
 from common.training.precision import MixedPrecision, Precision, opacus_clip_and_noise
 from common.training.progress import ProgressCallback
@@ -48,7 +49,6 @@ from common.training.schedule import LrSchedule
 from common.training.task import ClassificationTask, TrainData, TrainTask
 
 if TYPE_CHECKING:
-    from opacus import GradSampleModule
     from peft import PeftModel
 
 
@@ -202,7 +202,7 @@ def train_adapter(
 
     started = time.perf_counter()
     outcome = TrainOutcome(adapter={}, event=None, steps=0, examples_seen=0, empty_batches=0, seconds=0.0)
-    checkpointing = _checkpointed(model, grad_sample_module) if gradient_checkpointing else contextlib.nullcontext()
+    checkpointing = checkpointed(model, grad_sample_module) if gradient_checkpointing else contextlib.nullcontext()
     try:
         with warnings.catch_warnings(), checkpointing:
             # Opacus's full backward hooks make torch note that token ids (integer inputs) need no gradient.
@@ -322,36 +322,3 @@ def _set_empty_grad_samples(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         for param in group["params"]:
             param.grad_sample = torch.zeros((0, *param.shape), device=param.device, dtype=param.dtype)
-
-
-@contextlib.contextmanager
-def _checkpointed(model: torch.nn.Module, gsm: GradSampleModule | None) -> Iterator[None]:
-    """Gradient checkpointing while training; under DP (``gsm``), with Opacus's hooks paused during recomputation."""
-    from common.model.causal import disable_gradient_checkpointing, enable_gradient_checkpointing
-
-    enable_gradient_checkpointing(model, recompute_context=None if gsm is None else lambda: pause_opacus_hooks(gsm))
-    try:
-        yield
-    finally:
-        disable_gradient_checkpointing(model)
-
-
-@contextlib.contextmanager
-def pause_opacus_hooks(grad_sample_module: GradSampleModule) -> Iterator[None]:
-    """Opacus's hooks off while checkpointing recomputes a layer during the backward pass.
-
-    Opacus's forward hook stores each trainable layer's input, and counts the pass, on every training-mode forward
-    pass; its backward hook pops one input and decrements the count once per backward pass, and publishes the
-    per-sample gradients when the count is back at zero. A recomputation is a second forward pass for the same
-    backward pass: left on, it pushes an input that is never popped (the module carries it into the next chunk) and
-    the count never returns to zero, so ``grad_sample`` is never set. The recomputation repeats the original pass
-    (same inputs, RNG state and autocast), so the input stored the first time is the one it would store. Whatever
-    the per-sample gradients are, Opacus clips the very vectors it sums, so the privacy bound does not depend on it.
-    """
-    enabled = grad_sample_module.hooks_enabled
-    grad_sample_module.disable_hooks()
-    try:
-        yield
-    finally:
-        if enabled:
-            grad_sample_module.enable_hooks()

@@ -231,9 +231,12 @@ def _capture_job(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> dic
 def test_precision_and_checkpointing_options_reach_the_generate_job(
     tmp_path, monkeypatch, args, precision, checkpointing
 ):
+    from tests.causal_helpers import build_tiny_gpt2
+
+    model = str(build_tiny_gpt2(tmp_path / "gpt2"))  # --task generate checks that the model is a causal LM
     seen = _capture_job(monkeypatch, "common.training.generate_job", "run_generate_job")
     with pytest.raises(_Captured):
-        run_cli(["train", "--task", "generate", "--model", "m", "--out", str(tmp_path / "o"), *args])
+        run_cli(["train", "--task", "generate", "--model", model, "--out", str(tmp_path / "o"), *args])
     job = seen["job"]
     assert (job.precision, job.gradient_checkpointing) == (precision, checkpointing)
 

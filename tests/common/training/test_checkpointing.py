@@ -22,9 +22,10 @@ from common.model.loading import load_tokenizer, resolve_base_model
 from common.model.lora import LoraSettings
 from common.training.batches import StepPlan
 from common.training.causal_batches import TokenizedPairs
+from common.training.checkpointing import pause_opacus_hooks
 from common.training.config import TrainConfig
 from common.training.task import CausalLmTask
-from common.training.trainer import DpSgdParams, pause_opacus_hooks, train_adapter
+from common.training.trainer import DpSgdParams, train_adapter
 from tests.causal_helpers import build_tiny_gpt2, build_tiny_llama
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -165,6 +165,7 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
     if len(site_sets) < config.min_sites:
         raise ConfigError(f"{len(site_sets)} site(s) cannot satisfy min-sites {config.min_sites}")
     sites: dict[int, SiteSettings] = {}
+    sizes: dict[int, int] = {}
     lines: list[str] = []
     for index, dataset in enumerate(site_sets):
         directory = out / "sites" / f"site-{index}"
@@ -185,9 +186,12 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
             release_metrics=EVALUATE_ALL if config.federated_evaluation else (),
             seed=None if request.seed is None else request.seed * 1000 + index,
         )
-        train_size = len(dataset) - (round(len(dataset) * site.eval_fraction) if site.evaluate else 0)
+        distinct = len(_distinct(dataset))  # what the site will train on: duplicates dropped, a split held out
+        train_size = distinct - (round(distinct * site.eval_fraction) if site.evaluate else 0)
         lines.append(recipe_line(site, train_size, config))
+        sizes[index] = train_size
         sites[index] = site
+    lines += weight_lines(sizes, config)
     lines += coverage_lines(sources.site_sets, config)
     if server_eval is not None and config.eval_data:
         _write_jsonl(Path(config.eval_data), server_eval)  # read_sources named the file; the server's own columns
@@ -208,6 +212,35 @@ def prepare_simulation(request: SimulationRequest, out: Path, settings: Mapping[
     sources = read_sources(request, out)
     values = {**sources.run_config_values(out), "out-dir": str(out), **settings}
     return prepare(request, parse_run_config(values), sources)
+
+
+def weight_lines(sizes: Mapping[int, int], config: FederationConfig) -> list[str]:
+    """Warnings for sites whose share of a full round's weight is above ``max-site-weight``.
+
+    The server rejects (and excludes) such a site's update: that protects a real federation from a site claiming a
+    huge N, but in a simulation it is usually an accident of the split (two sites one record apart after
+    deduplication), so the operator is told before anything trains.
+    """
+    total = sum(sizes.values())
+    if config.weighting != "examples" or not total:
+        return []
+    return [
+        f"warning: site-{index} holds {size / total:.1%} of a full round's examples, above --max-site-weight "
+        f"{config.max_site_weight:g}: the server will reject its update (use --weighting uniform or raise "
+        "--max-site-weight)"
+        for index, size in sizes.items()
+        if size / total > config.max_site_weight
+    ]
+
+
+def _distinct(dataset: SiteDataset) -> SiteDataset:
+    """``dataset`` without duplicate records, as a site reads it (:mod:`common.data.dedupe`)."""
+    from common.data.dedupe import deduplicate
+    from common.data.pairs import deduplicate_pairs
+
+    if isinstance(dataset, PromptResponsePairs):
+        return deduplicate_pairs(dataset)[0]
+    return deduplicate(dataset)[0]
 
 
 def _split(pool: SiteDataset, *, seed: int) -> tuple[SiteDataset, SiteDataset]:

@@ -54,7 +54,8 @@ TRAIN_FLAGS = {
 
 if TYPE_CHECKING:
     from common.training.epochs import BudgetProjection
-    from common.training.job import PreparedData, PrivacyPlan
+    from common.training.job import PreparedData
+    from common.training.privacy_plan import PrivacyPlan
 
 
 def train(

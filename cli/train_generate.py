@@ -22,7 +22,7 @@ def train_generate(
 ) -> None:
     """Parse ``values`` into a GenerateJob, run it with progress, print the plan and the result."""
     from common.training.generate_job import run_generate_job
-    from common.training.job import PrivacyPlan
+    from common.training.privacy_plan import PrivacyPlan
 
     job = parse_settings(GenerateJob, values, context="option", names=names)
 

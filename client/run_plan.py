@@ -84,6 +84,7 @@ def run_plan(
     planned_rounds: int,
     trainable_parameters: int,
     accountant: AccountantName,
+    lora_a_fan_in: int | None = None,
 ) -> RunPlan:
     """The run's plan at this site: cached after the first call for ``run_id``.
 
@@ -105,6 +106,7 @@ def run_plan(
         delta=site.delta,
         trainable_parameters=trainable_parameters,
         federated=True,
+        lora_a_fan_in=lora_a_fan_in,
     )
     recipe, training = choose_recipe(inputs, config.training, max_grad_norm=config.max_grad_norm)
     assert training.batch_size is not None and training.epochs is not None and recipe.max_grad_norm is not None

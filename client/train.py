@@ -53,7 +53,7 @@ from common.federation import protocol as p
 from common.federation.config import FederationConfig, parse_run_config
 from common.federation.site import SiteSettings
 from common.model.adapter import load_adapter_state
-from common.model.lora import trainable_parameter_count
+from common.model.lora import lora_a_fan_in, trainable_parameter_count
 from common.privacy.accountant import get_accountant
 from common.privacy.chain import LedgerHead, is_digest
 from common.privacy.events import DpSgdEvent
@@ -151,6 +151,7 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
             planned_rounds=request.planned_rounds,
             trainable_parameters=trainable_parameter_count(work.runtime.model),
             accountant=accountant,
+            lora_a_fan_in=lora_a_fan_in(work.runtime.model),
         )
         plan = chosen.plan
         event = DpSgdEvent(

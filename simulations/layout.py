@@ -38,7 +38,7 @@ from common.fileio import atomic_write_bytes, atomic_write_json
 from common.model.task import ModelTask
 from common.training.config import DEFAULT_EVAL_FRACTION
 from common.training.recipe import MIN_BATCH
-from simulations.preview import coverage_lines, recipe_line
+from simulations.preview import coverage_lines, lora_fan_in, recipe_line
 
 SITES_FILE = "sites.json"
 RUN_CONFIG_FILE = "run_config.json"
@@ -166,6 +166,7 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
         raise ConfigError(f"{len(site_sets)} site(s) cannot satisfy min-sites {config.min_sites}")
     sites: dict[int, SiteSettings] = {}
     sizes: dict[int, int] = {}
+    fan_in = lora_fan_in(config)
     lines: list[str] = []
     for index, dataset in enumerate(site_sets):
         directory = out / "sites" / f"site-{index}"
@@ -188,7 +189,7 @@ def prepare(request: SimulationRequest, config: FederationConfig, sources: Simul
         )
         distinct = len(_distinct(dataset))  # what the site will train on: duplicates dropped, a split held out
         train_size = distinct - (round(distinct * site.eval_fraction) if site.evaluate else 0)
-        lines.append(recipe_line(site, train_size, config))
+        lines.append(recipe_line(site, train_size, config, lora_a_fan_in=fan_in))
         sizes[index] = train_size
         sites[index] = site
     lines += weight_lines(sizes, config)

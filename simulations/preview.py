@@ -18,8 +18,13 @@ from common.training.batches import plan_steps
 from common.training.recipe import RecipeInputs, choose_recipe
 
 
-def recipe_line(site: SiteSettings, train_size: int, config: FederationConfig) -> str:
-    """The site's recipe line; raises DataValidationError when its data cannot support the batch."""
+def recipe_line(
+    site: SiteSettings, train_size: int, config: FederationConfig, *, lora_a_fan_in: int | None = None
+) -> str:
+    """The site's recipe line; raises DataValidationError when its data cannot support the batch.
+
+    ``lora_a_fan_in``: the width of trained LoRA A matrices (plain LoRA; :func:`lora_fan_in`), None with FFA.
+    """
     inputs = RecipeInputs(
         num_examples=train_size,
         rounds=config.num_rounds,
@@ -27,6 +32,7 @@ def recipe_line(site: SiteSettings, train_size: int, config: FederationConfig) -
         delta=site.delta,
         trainable_parameters=0,
         federated=True,
+        lora_a_fan_in=lora_a_fan_in,
     )
     recipe, training = choose_recipe(inputs, config.training, max_grad_norm=config.max_grad_norm)
     assert training.batch_size is not None and training.epochs is not None
@@ -34,6 +40,19 @@ def recipe_line(site: SiteSettings, train_size: int, config: FederationConfig) -
         num_examples=train_size, batch_size=training.batch_size, epochs=training.epochs, source=str(site.data_path)
     )
     return f"{site.site_name}: {recipe.describe(inputs)}"
+
+
+def lora_fan_in(config: FederationConfig) -> int | None:
+    """What the sites will measure as their LoRA A width: None with FFA (A frozen), else the model's hidden size.
+
+    Exact for the default attention targets; the sites measure their adapted layers.
+    """
+    if config.lora.ffa:
+        return None
+    from common.model.causal import hidden_width
+    from common.model.loading import resolve_base_model
+
+    return hidden_width(resolve_base_model(config.model))
 
 
 def coverage_lines(datasets: Sequence[LabeledTexts | PromptResponsePairs], config: FederationConfig) -> list[str]:

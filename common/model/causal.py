@@ -85,6 +85,19 @@ def read_model_config(ref_or_path: BaseModelRef | str | Path) -> dict[str, Any]:
         raise ModelError(f"cannot read the config of {location!r}: {exc}") from exc
 
 
+def hidden_width(ref_or_path: BaseModelRef | str | Path) -> int | None:
+    """The model's hidden size from its config (``hidden_size``, ``n_embd``, ``d_model`` or ``dim``), or None.
+
+    The input width of LoRA's A matrices on the attention projections, known without loading any weight.
+    """
+    config = read_model_config(ref_or_path)
+    for key in ("hidden_size", "n_embd", "d_model", "dim"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def is_causal_lm(ref_or_path: BaseModelRef | str | Path) -> bool:
     """Whether the model is a decoder-only LM, judged by its config.
 

@@ -82,3 +82,20 @@ def freeze_lora_a(model: PeftModel) -> None:
 def trainable_parameter_count(model: PeftModel) -> int:
     """Number of scalars that training (and DP noise) touches."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_a_fan_in(model: PeftModel) -> int | None:
+    """The input width of the TRAINED LoRA A matrices (the median over adapted layers), or None when A is frozen.
+
+    The recipe sizes plain LoRA's learning rate by it (:func:`common.training.recipe.noise_walk`).
+    """
+    import statistics
+
+    import torch
+
+    widths = [
+        int(module.in_features)
+        for name, module in model.named_modules()
+        if ".lora_A." in f"{name}." and isinstance(module, torch.nn.Linear) and module.weight.requires_grad
+    ]
+    return int(statistics.median_low(widths)) if widths else None

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from common.training.batches import TokenizedTexts
     from common.training.config import TrainJob
     from common.training.generate_config import GenerateJob
-    from common.training.job import PrivacyPlan
+    from common.training.privacy_plan import PrivacyPlan
     from common.training.progress import ProgressCallback
     from common.training.task import TrainData, TrainTask
 

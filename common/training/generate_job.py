@@ -27,8 +27,8 @@ from common.training.causal_eval import CausalEvalMetrics
 from common.training.epochs import EpochsOutcome, EpochSpend, train_epochs
 from common.training.generate_config import GenerateJob
 from common.training.generation_metrics import GenerationMetrics
-from common.training.job import PrivacyPlan, plan_privacy
 from common.training.preflight import check_ledger_location, check_output_dir, check_signing_key_file
+from common.training.privacy_plan import PrivacyPlan, plan_privacy
 from common.training.progress import ProgressCallback
 from common.training.summary import ADAPTER_SUBDIR, EVAL_NOTE, SUMMARY_FILE
 
@@ -93,7 +93,7 @@ def _run(
         load_causal_lm,
     )
     from common.model.loading import load_tokenizer, resolve_base_model
-    from common.model.lora import trainable_parameter_count
+    from common.model.lora import lora_a_fan_in, trainable_parameter_count
     from common.training.causal_batches import tokenize_pairs
     from common.training.causal_eval import evaluate_causal
     from common.training.device import resolve_device
@@ -131,7 +131,9 @@ def _run(
             f"{train.source}: {train_data.truncated_prompts} of {len(train)} prompts are longer than --max-length "
             f"{max_length} with their response and were cut from the left (responses are kept whole)"
         )
-    plan = plan_privacy(job, len(train), train.source, trainable_parameters=trainable)
+    plan = plan_privacy(
+        job, len(train), train.source, trainable_parameters=trainable, lora_a_fan_in=lora_a_fan_in(model)
+    )
     dataset = ledger.dataset(train.texts, dataset_id=str(train_path) if train_path is not None else train.source)
     spend = EpochSpend(ledger, dataset, job.privacy.delta, job.privacy.accountant, budget.max_epsilon)
     spend.project(None if plan.event is None else [plan.event])  # the whole plan must fit before anything is spent

@@ -9,9 +9,9 @@ can still fail after the reservation is only what no check can foresee (the mach
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from common.data.dataset import LabeledTexts
 from common.data.dedupe import deduplicate
@@ -20,15 +20,11 @@ from common.data.sample import sample_dataset
 from common.data.split import train_eval_split
 from common.errors import ConfigError
 from common.fileio import atomic_write_json, remove_created_directories
-from common.privacy.accountant import get_accountant
 from common.privacy.budget import BudgetSettings
-from common.privacy.calibration import calibrate_noise_multiplier
-from common.privacy.events import DpSgdEvent
-from common.privacy.histogram import HISTOGRAM_EPSILON_SHARE, histogram_event, histogram_sigma, release_label_histogram
+from common.privacy.histogram import release_label_histogram
 from common.privacy.ledger import Reservation
-from common.training.batches import StepPlan, plan_steps
 from common.training.class_weights import ClassWeights, balanced_weights, parse_class_weights
-from common.training.config import PrivacySettings, TrainConfig, TrainJob
+from common.training.config import TrainJob
 from common.training.epochs import BudgetProjection, EpochsOutcome, EpochSpend, train_epochs
 from common.training.evaluation import EvalMetrics
 from common.training.preflight import (
@@ -37,10 +33,9 @@ from common.training.preflight import (
     check_output_dir,
     check_signing_key_file,
 )
+from common.training.privacy_plan import PrivacyPlan, plan_privacy
 from common.training.progress import ProgressCallback
-from common.training.recipe import Recipe, RecipeInputs, choose_recipe
 from common.training.summary import ADAPTER_SUBDIR, SUMMARY_FILE, build_summary
-from common.training.trainer import DpSgdParams
 
 
 @dataclass(frozen=True)
@@ -60,37 +55,6 @@ class PreparedData:
     def source_fingerprint(self) -> str:
         """The v1 content fingerprint of the whole source file (reported; legacy ledgers were keyed by it)."""
         return self.source.fingerprint
-
-
-@dataclass(frozen=True)
-class PrivacyPlan:
-    """The concrete training and privacy of a job, fixed before training.
-
-    ``training`` is the job's training config with the recipe's choices filled in; ``epoch`` is one pass (each is
-    reserved in the ledger as its own event, so a job stopped early spends only the passes it trained); ``steps``
-    and ``event`` are the whole plan (``epochs`` passes), which must fit the budget before the first pass starts.
-    sigma, q, clip and delta are None for a non-private job.
-    """
-
-    recipe: Recipe
-    recipe_inputs: RecipeInputs
-    training: TrainConfig
-    epochs: int
-    epoch: StepPlan
-    steps: StepPlan
-    dp: DpSgdParams | None
-    delta: float | None
-    accountant: str
-    planned_epsilon: float | None
-    event: DpSgdEvent | None
-    histogram_event: DpSgdEvent | None = None  # the label histogram released first (balanced class weights)
-
-    @property
-    def epoch_event(self) -> DpSgdEvent | None:
-        """The ledger event of one pass."""
-        if self.event is None:
-            return None
-        return self.event.model_copy(update={"steps": self.epoch.steps})
 
 
 @dataclass(frozen=True)
@@ -118,84 +82,6 @@ def prepare_data(job: TrainJob, train_path: Path | None, eval_path: Path | None)
         return PreparedData(train=distinct, eval=evaluation, source=source, duplicates=duplicates)
     train, evaluation = train_eval_split(distinct, eval_fraction=job.eval_fraction, seed=job.split_seed)
     return PreparedData(train=train, eval=evaluation, source=source, duplicates=duplicates)
-
-
-class PlannedSettings(Protocol):
-    """What a plan is made from: a job's training and privacy settings (``TrainJob``, ``GenerateJob``)."""
-
-    @property
-    def training(self) -> TrainConfig: ...  # noqa: D102
-
-    @property
-    def privacy(self) -> PrivacySettings: ...  # noqa: D102
-
-
-def plan_privacy(job: PlannedSettings, num_examples: int, source: str, *, trainable_parameters: int = 0) -> PrivacyPlan:
-    """The recipe's choices (:mod:`common.training.recipe`), steps, sample rate and calibrated noise for the job."""
-    privacy = job.privacy
-    inputs = RecipeInputs(
-        num_examples=num_examples,
-        rounds=1,
-        target_epsilon=privacy.target_epsilon if privacy.enabled else None,
-        noise_multiplier=privacy.noise_multiplier if privacy.enabled else None,
-        delta=privacy.delta,
-        trainable_parameters=trainable_parameters,
-    )
-    recipe, training = choose_recipe(inputs, job.training, max_grad_norm=privacy.max_grad_norm)
-    assert training.batch_size is not None and training.epochs is not None  # the recipe filled them in
-    epoch = plan_steps(num_examples=num_examples, batch_size=training.batch_size, epochs=1, source=source)
-    steps = replace(epoch, steps=epoch.steps * training.epochs)
-    common: dict[str, Any] = {
-        "recipe": recipe,
-        "recipe_inputs": inputs,
-        "training": training,
-        "epochs": training.epochs,
-        "epoch": epoch,
-        "steps": steps,
-    }
-    if not privacy.enabled or recipe.max_grad_norm is None:
-        return PrivacyPlan(
-            **common, dp=None, delta=None, accountant=privacy.accountant, planned_epsilon=None, event=None
-        )
-    accountant = get_accountant(privacy.accountant)
-    histogram = None
-    if parse_class_weights(training.class_weights).mode == "balanced":
-        # The label counts are released first, for a share of the target (or at the training's own sigma).
-        share = HISTOGRAM_EPSILON_SHARE * privacy.target_epsilon if privacy.target_epsilon is not None else None
-        histogram_noise = (
-            histogram_sigma(epsilon=share, delta=privacy.delta, accountant=accountant)
-            if share is not None
-            else privacy.noise_multiplier
-        )
-        assert histogram_noise is not None
-        histogram = histogram_event(histogram_noise)
-    sigma = privacy.noise_multiplier
-    if sigma is None:
-        assert privacy.target_epsilon is not None  # guaranteed by PrivacySettings' validator
-        sigma = calibrate_noise_multiplier(
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            sample_rate=epoch.sample_rate,
-            steps=steps.steps,
-            max_grad_norm=recipe.max_grad_norm,
-            prior=[] if histogram is None else [histogram],
-            accountant=accountant,
-        )
-    dp = DpSgdParams(noise_multiplier=sigma, max_grad_norm=recipe.max_grad_norm)
-    planned = DpSgdEvent(
-        noise_multiplier=sigma, sample_rate=epoch.sample_rate, steps=steps.steps, max_grad_norm=recipe.max_grad_norm
-    )
-    prior = [] if histogram is None else [histogram]
-    epsilon = accountant.epsilon([*prior, planned], delta=privacy.delta)
-    return PrivacyPlan(
-        **common,
-        dp=dp,
-        delta=privacy.delta,
-        accountant=accountant.name,
-        planned_epsilon=epsilon,
-        event=planned,
-        histogram_event=histogram,
-    )
 
 
 def run_train_job(
@@ -274,7 +160,7 @@ def _run(
     from common.data.coverage import check_coverage, measure_coverage
     from common.model.adapter import save_adapter
     from common.model.loading import load_base_classifier, load_tokenizer, resolve_base_model
-    from common.model.lora import apply_lora, trainable_parameter_count
+    from common.model.lora import apply_lora, lora_a_fan_in, trainable_parameter_count
     from common.training.batches import TokenizedTexts
     from common.training.device import resolve_device
     from common.training.precision import check_precision
@@ -295,7 +181,13 @@ def _run(
         torch.manual_seed(job.seed)  # head and LoRA initialisation
     model = apply_lora(load_base_classifier(ref, prepared.train.label_names, pooling=job.pooling), job.lora)
     trainable = trainable_parameter_count(model)
-    plan = plan_privacy(job, len(prepared.train), prepared.train.source, trainable_parameters=trainable)
+    plan = plan_privacy(
+        job,
+        len(prepared.train),
+        prepared.train.source,
+        trainable_parameters=trainable,
+        lora_a_fan_in=lora_a_fan_in(model),
+    )
     train_data = TokenizedTexts(prepared.train, tokenizer, max_length=max_length)
     eval_data = TokenizedTexts(prepared.eval, tokenizer, max_length=max_length)
     check_model_takes(model, (train_data, eval_data), max_length=max_length, private=plan.dp is not None)

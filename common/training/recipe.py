@@ -29,6 +29,14 @@ The rule for DP-SGD, and why:
   rate is the knob that keeps the walk fixed. NOISE_WALK was measured (SMS Spam, 4 sites IID, epsilon 8, constant
   lr: a walk of 0.12 reached 95.8-97.1%, 0.23 reached 97.8%); the learning rate is then bounded to
   [MIN_LR, MAX_LR].
+* **Plain LoRA walks less** (:func:`noise_walk`). NOISE_WALK is FFA-LoRA's (Sun et al., ICLR 2024): only B trains,
+  so a walk w in B moves the weight update ``B A`` by about ``w * a`` per entry, ``a`` being the scale of A's random
+  initialisation (peft: Kaiming-uniform, std ``1 / sqrt(3 * fan_in)``). When A trains too, a walk w' moves it by
+  ``w' * a + w'^2`` (B's walk through A, and B times A's own walk, which is no longer small next to ``a``): the
+  same NOISE_WALK would move the weights about ``w / a`` times more (8x for a 384-wide model) and collapsed a
+  central DP model to the majority class. The walk is set so the update moves as FFA's does: ``w' * a + w'^2 =
+  w * a``. Measured (SMS Spam, central, epsilon 8, 20 steps, MiniLM fan-in 384, rule: w' = 0.072): w' 0.25 ->
+  85.9% (all ham), 0.089 -> 98.5%, 0.036 -> 97.7%.
 
 Without DP the classic fine-tuning recipe applies (Devlin et al. 2019; Hu et al. 2022 for LoRA): batch 32, AdamW
 at NON_PRIVATE_LR, the epochs the user asked for (a DP learning rate would make a non-private baseline diverge).
@@ -88,6 +96,7 @@ class RecipeInputs:
     trainable_parameters: int
     federated: bool = False
     noise_multiplier: float | None = None  # a sigma the user fixed instead of a target epsilon
+    lora_a_fan_in: int | None = None  # plain LoRA: the input width of the trained A matrices; None: A frozen (FFA)
 
     @property
     def private(self) -> bool:
@@ -149,6 +158,20 @@ def choose_recipe(
     return recipe, resolved
 
 
+def noise_walk(lora_a_fan_in: int | None) -> float:
+    """The run's per-coordinate noise walk: NOISE_WALK with A frozen (FFA-LoRA, or no fan-in given).
+
+    With A trained: the walk that moves the weight update as much (module docstring), the positive root of
+    ``w'^2 + a w' = NOISE_WALK * a``.
+    """
+    if lora_a_fan_in is None:
+        return NOISE_WALK
+    if lora_a_fan_in < 1:
+        raise ValueError(f"lora_a_fan_in must be >= 1; got {lora_a_fan_in}")
+    a = 1 / math.sqrt(3 * lora_a_fan_in)  # std of peft's Kaiming-uniform(a=sqrt(5)) initialisation of A
+    return (-a + math.sqrt(a * a + 4 * NOISE_WALK * a)) / 2
+
+
 def _non_private(inputs: RecipeInputs, training: TrainConfig, explicit: tuple[str, ...]) -> Recipe:
     default_epochs = DEFAULT_EPOCHS if inputs.federated else DEFAULT_TRAIN_EPOCHS
     return Recipe(
@@ -182,7 +205,8 @@ def _private(
     steps = _steps(inputs, batch, epochs)
     schedule = LrSchedule.over(training.lr_schedule, steps, training.warmup_fraction)
     walk = math.sqrt(sum(schedule.factor(t) ** 2 for t in range(steps)))
-    lr = training.learning_rate or float(f"{min(MAX_LR, max(MIN_LR, NOISE_WALK / walk)):.2g}")  # 2 digits: readable
+    target = noise_walk(inputs.lora_a_fan_in)
+    lr = training.learning_rate or float(f"{min(MAX_LR, max(MIN_LR, target / walk)):.2g}")  # 2 digits: readable
     sigma = inputs.noise_multiplier
     if sigma is None:
         assert inputs.target_epsilon is not None

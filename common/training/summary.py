@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from common.privacy.ledger import Reservation
     from common.training.config import TrainJob
     from common.training.epochs import EpochsOutcome
-    from common.training.job import PreparedData, PrivacyPlan
+    from common.training.job import PreparedData
+    from common.training.privacy_plan import PrivacyPlan
 
 ADAPTER_SUBDIR = "adapter"
 SUMMARY_FILE = "summary.json"

@@ -21,3 +21,15 @@ def test_auto_follows_the_model_and_an_explicit_task_is_checked(tiny_model_dir, 
         resolve_task("translate", gpt2)
     with pytest.raises(ModelError, match="no such model directory"):
         resolve_task("auto", str(tmp_path / "missing"))
+
+
+def test_the_lora_a_width_is_measured_only_when_a_trains(tiny_model_dir):
+    from common.model.loading import load_base_classifier, resolve_base_model
+    from common.model.lora import LoraSettings, apply_lora, lora_a_fan_in
+
+    ref = resolve_base_model(str(tiny_model_dir))
+    plain = apply_lora(load_base_classifier(ref, ("a", "b")), LoraSettings(ffa=False))
+    ffa = apply_lora(load_base_classifier(ref, ("a", "b")), LoraSettings(ffa=True))
+    from common.model.causal import hidden_width
+
+    assert lora_a_fan_in(plain) == hidden_width(ref) and lora_a_fan_in(ffa) is None

@@ -10,10 +10,9 @@ checked before a dataset is returned.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.data.dedupe import normalise
 from common.data.fields import ChatTurns, checked_text, read_chat
-from common.data.readers import delimited_rows, read_records
+from common.data.readers import read_records, table_rows
 from common.data.spec import DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT, DataFormat, utf8_problem
 from common.data.templates import ROLES, chat_transcript
 from common.errors import DataValidationError
@@ -212,31 +211,20 @@ def _chat_record(messages: object, column: str, where: str, line: int, limit: in
 
 
 def _parse_delimited(lines: Iterator[str], where: str, spec: PairSpec, data_format: DataFormat) -> list[_Record]:
-    reader = delimited_rows(lines, data_format)
-    try:
-        header = [name.strip() for name in next(reader)]
-    except csv.Error as exc:
-        raise _bad(where, 1, f"malformed header: {exc}") from None
-    for column in (spec.prompt_column, spec.response_column):
-        if column not in header:
-            hint = f"; chat {spec.messages_column!r} records need JSON Lines" if spec.messages_column in header else ""
-            raise _bad(where, 1, f"missing column {column!r} in the header (columns found: {header}){hint}")
+    required = (spec.prompt_column, spec.response_column)
+    header, rows = table_rows(lines, data_format, where, required, hint=chat_hint(spec))
     prompt_at, response_at = header.index(spec.prompt_column), header.index(spec.response_column)
     records: list[_Record] = []
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise _bad(where, reader.line_num, f"malformed row: {exc}") from None
-        number = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) != len(header):
-            raise _bad(where, number, f"row has {len(row)} fields but the header has {len(header)}")
-        limit = spec.max_line_bytes
+    limit = spec.max_line_bytes
+    for number, row in rows:
         prompt = checked_text(row[prompt_at], f"column {spec.prompt_column!r}", where, number, limit)
         response = checked_text(row[response_at], f"column {spec.response_column!r}", where, number, limit)
         records.append((prompt, response, None))
     return records
+
+
+def chat_hint(spec: PairSpec) -> Callable[[list[str]], str]:
+    """The missing-column hint for a CSV/TSV header that names the messages column: chats need JSON Lines."""
+    return lambda header: (
+        f"; chat {spec.messages_column!r} records need JSON Lines" if spec.messages_column in header else ""
+    )

@@ -15,7 +15,6 @@ rule); other columns are ignored, so a prompt/response file can be generated fro
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from common.data.fields import ChatTurns, checked_text, read_chat
-from common.data.pairs import PairSpec
-from common.data.readers import delimited_rows, read_records
+from common.data.pairs import PairSpec, chat_hint
+from common.data.readers import read_records, table_rows
 from common.data.spec import DataFormat
 from common.data.templates import CHAT_TEMPLATE, chat_transcript, has_chat_template, render_prompt
 from common.errors import DataValidationError, ModelError
@@ -130,23 +129,6 @@ def _from_jsonl(lines: Iterator[str], where: str, spec: PairSpec) -> list[_Promp
 
 def _from_delimited(lines: Iterator[str], where: str, spec: PairSpec, data_format: DataFormat) -> list[_Prompt]:
     column, limit = spec.prompt_column, spec.max_line_bytes
-    reader = delimited_rows(lines, data_format)
-    found: list[_Prompt] = []
-    try:
-        header = [name.strip() for name in next(reader)]
-        if column not in header:
-            hint = f"; chat {spec.messages_column!r} records need JSON Lines" if spec.messages_column in header else ""
-            raise DataValidationError(
-                f"missing column {column!r} in the header (columns found: {header}){hint}", path=where, line=1
-            )
-        at = header.index(column)
-        for row in reader:
-            if row and any(field.strip() for field in row):
-                if len(row) != len(header):
-                    raise DataValidationError(
-                        f"row has {len(row)} fields but the header has {len(header)}", path=where, line=reader.line_num
-                    )
-                found.append((checked_text(row[at], f"column {column!r}", where, reader.line_num, limit), None))
-    except csv.Error as exc:
-        raise DataValidationError(f"malformed CSV: {exc}", path=where, line=reader.line_num) from None
-    return found
+    header, rows = table_rows(lines, data_format, where, (column,), hint=chat_hint(spec))
+    at = header.index(column)
+    return [(checked_text(row[at], f"column {column!r}", where, number, limit), None) for number, row in rows]

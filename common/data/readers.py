@@ -112,6 +112,56 @@ def delimited_rows(lines: Iterable[str], data_format: DataFormat) -> Reader:
     return csv.reader(stream, delimiter=",", quoting=csv.QUOTE_MINIMAL, strict=True)
 
 
+def table_rows(
+    lines: Iterable[str],
+    data_format: DataFormat,
+    where: str,
+    required: Iterable[str],
+    *,
+    hint: Callable[[list[str]], str] | None = None,
+) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """A CSV/TSV file's header (names stripped) and its non-blank rows as ``(line number, fields)``.
+
+    One rule for every delimited reader: a header without a ``required`` column (``hint(header)`` appended to the
+    message),
+    a malformed header or row, or a row whose field count differs from the header's is a DataValidationError naming
+    the file and line; rows of nothing but blanks are skipped. The rows are read lazily, as they are iterated.
+    """
+    reader = delimited_rows(lines, data_format)
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        header = []
+    except csv.Error as exc:
+        raise DataValidationError(f"malformed header: {exc}", path=where, line=1) from None
+    for column in required:
+        if column not in header:
+            raise DataValidationError(
+                f"missing column {column!r} in the header (columns found: {header}){hint(header) if hint else ''}",
+                path=where,
+                line=1,
+            )
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataValidationError(f"malformed row: {exc}", path=where, line=reader.line_num) from None
+            number = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise DataValidationError(
+                    f"row has {len(row)} fields but the header has {len(header)}", path=where, line=number
+                )
+            yield number, row
+
+    return header, rows()
+
+
 def _decoded_lines(handle: BinaryIO, where: str, max_line_bytes: int) -> Iterator[str]:
     """The file's lines as text (line endings kept), a UTF-8 byte order mark at the start dropped.
 
@@ -221,33 +271,10 @@ def _universal_lines(lines: Iterable[str]) -> Iterator[str]:
 
 
 def _parse_delimited(lines: Iterator[str], where: str, spec: DataSpec, data_format: DataFormat) -> list[_RawRecord]:
-    reader = delimited_rows(lines, data_format)
-    try:
-        header = next(reader)
-    except csv.Error as exc:
-        raise DataValidationError(f"malformed header: {exc}", path=where, line=1) from None
-    header = [name.strip() for name in header]
-    for column in (spec.text_column, spec.label_column):
-        if column not in header:
-            raise DataValidationError(
-                f"missing column {column!r} in the header (columns found: {header})", path=where, line=1
-            )
+    header, rows = table_rows(lines, data_format, where, (spec.text_column, spec.label_column))
     text_at, label_at = header.index(spec.text_column), header.index(spec.label_column)
     records = []
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataValidationError(f"malformed row: {exc}", path=where, line=reader.line_num) from None
-        number = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) != len(header):
-            raise DataValidationError(
-                f"row has {len(row)} fields but the header has {len(header)}", path=where, line=number
-            )
+    for number, row in rows:
         label = row[label_at].strip()
         if not label:
             raise DataValidationError(f"column {spec.label_column!r} is empty", path=where, line=number)

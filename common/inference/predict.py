@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from common.data.fields import check_unicode, checked_text
-from common.data.readers import delimited_rows, read_records
+from common.data.readers import read_records, table_rows
 from common.data.spec import DataFormat, DataSpec
 from common.errors import ConfigError, DataValidationError, ModelError
 from common.fileio import atomic_write_bytes
@@ -283,32 +283,11 @@ def _jsonl_rows(lines: Iterable[str], where: str, spec: DataSpec) -> list[_Row]:
 
 
 def _delimited_rows(lines: Iterator[str], where: str, spec: DataSpec, data_format: DataFormat) -> list[_Row]:
-    reader = delimited_rows(lines, data_format)
-    try:
-        header = [name.strip() for name in next(reader)]
-    except csv.Error as exc:
-        raise DataValidationError(f"malformed header: {exc}", path=where, line=1) from None
-    if spec.text_column not in header:
-        raise DataValidationError(
-            f"missing column {spec.text_column!r} in the header (columns found: {header})", path=where, line=1
-        )
+    header, table = table_rows(lines, data_format, where, (spec.text_column,))
     text_at = header.index(spec.text_column)
     label_at = header.index(spec.label_column) if spec.label_column in header else None
     rows: list[_Row] = []
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataValidationError(f"malformed row: {exc}", path=where, line=reader.line_num) from None
-        number = reader.line_num
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) != len(header):
-            raise DataValidationError(
-                f"row has {len(row)} fields but the header has {len(header)}", path=where, line=number
-            )
+    for number, row in table:
         text = checked_text(row[text_at], f"column {spec.text_column!r}", where, number, spec.max_line_bytes)
         label = row[label_at].strip() if label_at is not None else ""
         rows.append((number, text, label or None))

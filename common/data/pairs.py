@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.data.dedupe import normalise
 from common.data.fields import ChatTurns, checked_text, read_chat
-from common.data.readers import read_records, table_rows
+from common.data.readers import json_objects, read_records, table_rows
 from common.data.spec import DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT, DataFormat, utf8_problem
 from common.data.templates import ROLES, chat_transcript
 from common.errors import DataValidationError
@@ -168,17 +168,7 @@ def _parse_jsonl(lines: Iterable[str], where: str, spec: PairSpec) -> list[_Reco
     records: list[_Record] = []
     limit = spec.max_line_bytes
     plain = (spec.prompt_column, spec.response_column)
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _bad(where, number, f"not valid JSON: {exc.msg}") from None
-        except RecursionError:
-            raise _bad(where, number, "not valid JSON: nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise _bad(where, number, f"each line must be a JSON object; got {type(obj).__name__}")
+    for number, obj in json_objects(lines, where):
         has_plain = any(column in obj for column in plain)
         if has_plain and spec.messages_column in obj:
             raise _bad(

@@ -15,7 +15,6 @@ rule); other columns are ignored, so a prompt/response file can be generated fro
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from common.data.fields import ChatTurns, checked_text, read_chat
 from common.data.pairs import PairSpec, chat_hint
-from common.data.readers import read_records, table_rows
+from common.data.readers import json_objects, read_records, table_rows
 from common.data.spec import DataFormat
 from common.data.templates import CHAT_TEMPLATE, chat_transcript, has_chat_template, render_prompt
 from common.errors import DataValidationError, ModelError
@@ -94,19 +93,7 @@ def render_as_trained(prompts: Prompts, tokenizer: Any, *, template: str | None,
 def _from_jsonl(lines: Iterator[str], where: str, spec: PairSpec) -> list[_Prompt]:
     column, messages, limit = spec.prompt_column, spec.messages_column, spec.max_line_bytes
     found: list[_Prompt] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(f"not valid JSON: {exc.msg}", path=where, line=number) from None
-        except RecursionError:
-            raise DataValidationError("not valid JSON: nested too deeply", path=where, line=number) from None
-        if not isinstance(obj, dict):
-            raise DataValidationError(
-                f"each line must be a JSON object; got {type(obj).__name__}", path=where, line=number
-            )
+    for number, obj in json_objects(lines, where):
         if messages in obj and column in obj:
             raise DataValidationError(
                 f"the line has both {messages!r} and {column!r}; a record is either a chat or a prompt",

@@ -112,6 +112,28 @@ def delimited_rows(lines: Iterable[str], data_format: DataFormat) -> Reader:
     return csv.reader(stream, delimiter=",", quoting=csv.QUOTE_MINIMAL, strict=True)
 
 
+def json_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict[str, object]]]:
+    """A JSON Lines file's non-blank lines as ``(line number, object)``, lazily.
+
+    One rule for every JSON Lines reader: a line that is not valid JSON (or nests too deeply to parse) or is not a
+    JSON object is a DataValidationError naming the file and line.
+    """
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataValidationError(f"not valid JSON: {exc.msg}", path=where, line=number) from None
+        except RecursionError:
+            raise DataValidationError("not valid JSON: nested too deeply", path=where, line=number) from None
+        if not isinstance(obj, dict):
+            raise DataValidationError(
+                f"each line must be a JSON object; got {type(obj).__name__}", path=where, line=number
+            )
+        yield number, obj
+
+
 def table_rows(
     lines: Iterable[str],
     data_format: DataFormat,
@@ -232,19 +254,7 @@ def _checked_text(value: object, line: int, where: str, spec: DataSpec) -> str:
 
 def _parse_jsonl(lines: Iterable[str], where: str, spec: DataSpec) -> list[_RawRecord]:
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(f"not valid JSON: {exc.msg}", path=where, line=number) from None
-        except RecursionError:
-            raise DataValidationError("not valid JSON: nested too deeply", path=where, line=number) from None
-        if not isinstance(obj, dict):
-            raise DataValidationError(
-                f"each line must be a JSON object; got {type(obj).__name__}", path=where, line=number
-            )
+    for number, obj in json_objects(lines, where):
         for column in (spec.text_column, spec.label_column):
             if column not in obj:
                 raise DataValidationError(

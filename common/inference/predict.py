@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from common.data.fields import check_unicode, checked_text
-from common.data.readers import read_records, table_rows
+from common.data.readers import json_objects, read_records, table_rows
 from common.data.spec import DataFormat, DataSpec
 from common.errors import ConfigError, DataValidationError, ModelError
 from common.fileio import atomic_write_bytes
@@ -260,19 +260,7 @@ _Row = tuple[int, str, object]
 def _jsonl_rows(lines: Iterable[str], where: str, spec: DataSpec) -> list[_Row]:
     rows: list[_Row] = []
     column, limit = spec.text_column, spec.max_line_bytes
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(f"not valid JSON: {exc.msg}", path=where, line=number) from None
-        except RecursionError:
-            raise DataValidationError("not valid JSON: nested too deeply", path=where, line=number) from None
-        if not isinstance(obj, dict):
-            raise DataValidationError(
-                f"each line must be a JSON object; got {type(obj).__name__}", path=where, line=number
-            )
+    for number, obj in json_objects(lines, where):
         if column not in obj:
             raise DataValidationError(
                 f"missing column {column!r} (this line has {sorted(obj)})", path=where, line=number

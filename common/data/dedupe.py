@@ -10,6 +10,7 @@ training: the first occurrence of each normalised text is kept, the others are d
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
 from common.data.dataset import LabeledTexts
 
@@ -19,15 +20,21 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
-def deduplicate(dataset: LabeledTexts) -> tuple[LabeledTexts, int]:
-    """``dataset`` with one example per normalised text (the first), and how many duplicates were dropped."""
+def first_occurrences(texts: Sequence[str]) -> list[int]:
+    """The indices of the first text of each normalised form, in order: what deduplication keeps."""
     seen: set[str] = set()
     keep = []
-    for index, text in enumerate(dataset.texts):
+    for index, text in enumerate(texts):
         key = normalise(text)
         if key not in seen:
             seen.add(key)
             keep.append(index)
+    return keep
+
+
+def deduplicate(dataset: LabeledTexts) -> tuple[LabeledTexts, int]:
+    """``dataset`` with one example per normalised text (the first), and how many duplicates were dropped."""
+    keep = first_occurrences(dataset.texts)
     if len(keep) == len(dataset):
         return dataset, 0
     return dataset.subset(keep), len(dataset) - len(keep)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.data.dedupe import normalise
+from common.data.dedupe import first_occurrences
 from common.data.fields import ChatTurns, checked_text, read_chat
 from common.data.readers import json_objects, read_records, table_rows
 from common.data.spec import DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT, DataFormat, utf8_problem
@@ -101,13 +101,7 @@ def deduplicate_pairs(pairs: PromptResponsePairs) -> tuple[PromptResponsePairs, 
 
     Why: see :mod:`common.data.dedupe` (a repeated record costs the privacy of a group).
     """
-    seen: set[str] = set()
-    keep = []
-    for index, text in enumerate(pairs.texts):
-        key = normalise(text)
-        if key not in seen:
-            seen.add(key)
-            keep.append(index)
+    keep = first_occurrences(pairs.texts)
     return (pairs, 0) if len(keep) == len(pairs) else (pairs.subset(keep), len(pairs) - len(keep))
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from common.data.dataset import LabeledTexts
+from common.data.fields import check_unicode
 from common.data.files import FileAccessError, bounded_lines, open_regular_file, read_bounded
 from common.data.spec import DataFormat, DataSpec
 from common.errors import DataValidationError
@@ -227,16 +228,6 @@ def _detect_format(path: Path, requested: DataFormat) -> DataFormat:
     return detected
 
 
-def _check_unicode(value: str, what: str, where: str, line: int | None) -> None:
-    # A JSON escape such as "\\udcff" decodes to a lone surrogate: a str that no UTF-8 file, hash or record can hold.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise DataValidationError(
-            f"{what} holds {value[exc.start]!r}, a lone surrogate that is not valid Unicode text", path=where, line=line
-        ) from None
-
-
 def _checked_text(value: object, line: int, where: str, spec: DataSpec) -> str:
     if not isinstance(value, str):
         raise DataValidationError(
@@ -246,7 +237,7 @@ def _checked_text(value: object, line: int, where: str, spec: DataSpec) -> str:
         )
     if not value.strip():
         raise DataValidationError(f"column {spec.text_column!r} is empty", path=where, line=line)
-    _check_unicode(value, f"column {spec.text_column!r}", where, line)
+    check_unicode(value, f"column {spec.text_column!r}", where, line)
     if len(value.encode()) > spec.max_line_bytes:
         raise DataValidationError(f"text is over the limit of {spec.max_line_bytes:,} bytes", path=where, line=line)
     return value
@@ -266,7 +257,7 @@ def _parse_jsonl(lines: Iterable[str], where: str, spec: DataSpec) -> list[_RawR
                 f"label must be a name (string) or an index (integer); got {label!r}", path=where, line=number
             )
         if isinstance(label, str):
-            _check_unicode(label, f"column {spec.label_column!r}", where, number)
+            check_unicode(label, f"column {spec.label_column!r}", where, number)
         records.append(_RawRecord(number, _checked_text(obj[spec.text_column], number, where, spec), label))
     return records
 
@@ -312,7 +303,7 @@ def _read_sidecar_labels(path: Path) -> tuple[str, ...] | None:
             f"must be a JSON list of at least 2 distinct, non-empty label names; got {names!r}", path=str(sidecar)
         )
     for name in names:
-        _check_unicode(name, "a label name", str(sidecar), None)
+        check_unicode(name, "a label name", str(sidecar), None)
     return tuple(names)
 
 

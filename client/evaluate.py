@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import Context, Message
 
 from client.site import resolve_site
-from client.work import SiteWork, site_problem, site_work
+from client.work import Refusal, SiteWork, prepare_work
 from common.errors import ConfigError, ModelError, UpdateRejectedError
 from common.federation import protocol as p
 from common.federation.config import FederationConfig, parse_run_config
@@ -41,15 +41,9 @@ def evaluate_round(message: Message, context: Context, *, run_config: Mapping[st
     site = resolve_site(context.node_config, config)
     if not site.release_metrics:
         return p.evaluate_reply(message, num_examples=0, metrics={})
-    try:
-        task = config.model_task()
-    except (ConfigError, ModelError) as exc:
-        return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
-    problem = site_problem(site, config, task)
-    if problem is not None:
-        code, detail = problem
-        return _refuse(message, code, f"site {site.site_name}: {detail}")
-    work = site_work(site, config, task)
+    work = prepare_work(site, config)
+    if isinstance(work, Refusal):
+        return _refuse(message, work.code, f"site {site.site_name}: {work.detail}")
     if work.eval is None:  # a site that releases metrics always holds out a split
         raise RuntimeError(f"site {site.site_name} releases metrics but holds out no data")
     try:

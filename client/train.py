@@ -38,7 +38,7 @@ from flwr.app import ConfigRecord, Context, Message
 
 from client.run_plan import run_plan
 from client.site import resolve_site
-from client.work import site_problem, site_work
+from client.work import Refusal, prepare_work
 from common.errors import (
     BudgetExhaustedError,
     ConfigError,
@@ -106,15 +106,9 @@ def train_round(message: Message, context: Context, *, run_config: Mapping[str, 
     except (ConfigError, UpdateRejectedError) as exc:
         return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
 
-    try:
-        task = config.model_task()
-    except (ConfigError, ModelError) as exc:
-        return _refuse(message, "bad-request", f"site {site.site_name}: {exc}")
-    problem = site_problem(site, config, task)
-    if problem is not None:
-        code, detail = problem
-        return _refuse(message, code, f"site {site.site_name}: {detail}")
-    work = site_work(site, config, task)
+    work = prepare_work(site, config)
+    if isinstance(work, Refusal):
+        return _refuse(message, work.code, f"site {site.site_name}: {work.detail}")
     try:
         load_adapter_state(work.runtime.model, request.global_state)  # rejects unexpected keys, shapes, non-finite
     except ModelError as exc:

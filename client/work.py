@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from client.runtime import SiteModel, labels_problem, site_data, site_model
+from common.errors import ConfigError, ModelError
 from common.federation.config import FederationConfig
 from common.federation.site import SiteSettings
 from common.model.task import ModelTask
@@ -48,8 +49,26 @@ class SiteWork:
         return self.runtime.tokenizer
 
 
-def site_problem(site: SiteSettings, config: FederationConfig, task: ModelTask) -> tuple[str, str] | None:
-    """Why the site cannot take part in this run at all, as (refusal code, detail), or None.
+@dataclass(frozen=True)
+class Refusal:
+    """Why a site takes no part in a round: the reply's reason code, and the detail that stays in the site's log."""
+
+    code: str
+    detail: str
+
+
+def prepare_work(site: SiteSettings, config: FederationConfig) -> SiteWork | Refusal:
+    """The site's model and data for this run, or why it refuses the run (before any model is loaded)."""
+    try:
+        task = config.model_task()
+    except (ConfigError, ModelError) as exc:
+        return Refusal("bad-request", str(exc))
+    problem = site_problem(site, config, task)
+    return problem if problem is not None else site_work(site, config, task)
+
+
+def site_problem(site: SiteSettings, config: FederationConfig, task: ModelTask) -> Refusal | None:
+    """Why the site cannot take part in this run at all, or None.
 
     Checked before any model is loaded. The run's task must be the one the site's data serve (the site, not the
     server, decides how its file is read). Classification: the run's labels must equal the site's own label set.
@@ -57,11 +76,13 @@ def site_problem(site: SiteSettings, config: FederationConfig, task: ModelTask) 
     labels that pairs do not have).
     """
     if task != site.task:
-        return "task-differs", f"the run's task is {task}, but this site's data serve {site.task} ({site.data_path})"
+        return Refusal(
+            "task-differs", f"the run's task is {task}, but this site's data serve {site.task} ({site.data_path})"
+        )
     problem = config.task_problem(task) if task == "generate" else labels_problem(site, config)
     if problem is None:
         return None
-    return ("bad-request" if task == "generate" else "labels-differ"), problem
+    return Refusal("bad-request" if task == "generate" else "labels-differ", problem)
 
 
 def site_work(site: SiteSettings, config: FederationConfig, task: ModelTask) -> SiteWork:
